@@ -1,0 +1,431 @@
+"""The Gradio queue client: one prompt in, a stream of text deltas out.
+
+Discovers the Space once (``GET /config``), then for each request joins the
+queue with a fresh session hash, reads ``queue/data`` through the SSE decoder and
+the event tracker, and records timings. Every failure leaves as a
+:class:`~pipeline.errors.RequestError`; aiohttp's exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from .errors import (
+    AttemptTimeoutError,
+    DiscoveryError,
+    HTTPStatusError,
+    IdleTimeoutError,
+    ProtocolError,
+    QueueFullError,
+    ReadTimeoutError,
+    RequestError,
+    ResponseTooLargeError,
+    StreamDivergedError,
+    StreamEndedError,
+)
+from .gradio import EventTracker, parse_message
+from .http_errors import make_redactor, map_transport_error
+from .models import Completion, RequestTrace, utc_now
+from .prompts import DEFAULT_SYSTEM_PROMPT
+from .retry import parse_retry_after
+from .space_config import DEFAULT_SPACE_INFO, SpaceInfo, parse_space_config
+from .sse import SSEDecoder
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout_at
+else:  # pragma: no cover - exercised on 3.10 only
+    from async_timeout import timeout_at
+
+__all__ = ["DEFAULT_URL", "GradioQueueClient", "Timeouts", "new_session_hash"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "https://qwen-qwen2-72b-instruct.hf.space"
+USER_AGENT = "qwen-batch (+https://pypi.org/project/qwen-batch/)"
+_CANCEL_WAIT = 3.0
+
+
+def new_session_hash() -> str:
+    """A fresh Gradio session hash: 12 hex characters of a UUID4."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """The limits of one attempt, in seconds.
+
+    ``read``: nothing at all received (heartbeats come every 15 s, so keep it
+    above that); ``idle``: generation started but no new text (heartbeats prove
+    the connection, not the model); ``total``: the whole attempt, queue wait
+    included; ``connect``: establishing a connection.
+    """
+
+    connect: float = 30.0
+    read: float = 60.0
+    idle: float = 120.0
+    total: float = 900.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect", "read", "idle", "total"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"timeout {name!r} must be positive")
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class GradioQueueClient:
+    """Client for one deployment of the Space (``url``), safe for many concurrent requests.
+
+    Pass ``session`` to share a connection pool; otherwise the client opens its
+    own and closes it in :meth:`close` (or on leaving ``async with``). ``hf_token``
+    goes only into the ``Authorization`` header and is scrubbed from every
+    error message, as is the password of ``proxy``.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        proxy: str | None = None,
+        hf_token: str | None = None,
+        timeouts: Timeouts | None = None,
+        space_info: SpaceInfo | None = None,
+        max_answer_chars: int | None = None,
+        max_line_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.display_url = _strip_credentials(self.url)
+        self.proxy = proxy
+        self.timeouts = timeouts or Timeouts()
+        self.max_answer_chars = max_answer_chars
+        self.max_line_bytes = max_line_bytes
+        self._session = session
+        self._owns_session = session is None
+        self._info = space_info
+        self._discover_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self._headers = {"User-Agent": USER_AGENT}
+        if hf_token:
+            self._headers["Authorization"] = f"Bearer {hf_token}"
+        proxy_password = urlsplit(proxy).password if proxy else None
+        self.redact = make_redactor([hf_token, proxy_password])
+        self._http_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeouts.connect, sock_read=None
+        )
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"GradioQueueClient({self.display_url!r})"
+
+    async def __aenter__(self) -> GradioQueueClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Wait briefly for pending job cancellations, then close an owned session."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=_CANCEL_WAIT)
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._owns_session:
+                raise RuntimeError("the shared aiohttp session was closed")
+            # The runner bounds concurrency itself; the pool must not add a hidden cap.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    async def discover(self, *, refresh: bool = False) -> SpaceInfo:
+        """How to call ``model_chat`` here, from ``GET {url}/config`` (once per client).
+
+        Falls back to the real Space's known layout when the config cannot be
+        fetched; a config that lacks ``model_chat`` raises :class:`DiscoveryError`.
+        """
+        if self._info is not None and not refresh:
+            return self._info
+        async with self._discover_lock:
+            if self._info is not None and not refresh:
+                return self._info
+            info, cache = await self._fetch_info()
+            if cache:
+                self._info = info
+            return info
+
+    async def _fetch_info(self) -> tuple[SpaceInfo, bool]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with timeout_at(loop.time() + self.timeouts.read):
+                async with self._http().get(
+                    f"{self.url}/config",
+                    headers=self._headers,
+                    proxy=self.proxy,
+                    timeout=self._http_timeout,
+                ) as resp:
+                    if resp.status in (401, 403):
+                        raise HTTPStatusError(
+                            f"HTTP {resp.status} from {self.display_url}/config: "
+                            "the Space is private or the HF token is not accepted",
+                            status=resp.status,
+                        )
+                    if resp.status != 200:
+                        log.warning(
+                            "%s/config answered HTTP %s; using the default Space layout",
+                            self.display_url,
+                            resp.status,
+                        )
+                        return DEFAULT_SPACE_INFO, resp.status == 404
+                    body = await resp.read()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            error = map_transport_error(exc, self.redact)
+            log.warning("cannot read %s/config (%s); using the default Space layout",
+                        self.display_url, error)
+            return DEFAULT_SPACE_INFO, False
+        try:
+            config: Any = json.loads(body)
+        except ValueError:
+            log.warning("%s/config is not JSON; using the default Space layout", self.display_url)
+            return DEFAULT_SPACE_INFO, True
+        info = parse_space_config(config)
+        log.debug("discovered %s: %s", self.display_url, info)
+        return info, True
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def stream(
+        self, prompt: str, system: str | None = None, *, trace: RequestTrace | None = None
+    ) -> AsyncIterator[str]:
+        """Text deltas of one answer; their concatenation is exactly the final answer.
+
+        ``system=None`` sends the Space's default system prompt. Pass ``trace`` to
+        read the timings afterwards (it is filled in as the request goes).
+        """
+        return self._exchange(prompt, system, trace or RequestTrace(new_session_hash()), True)
+
+    async def complete(
+        self, prompt: str, system: str | None = None, *, trace: RequestTrace | None = None
+    ) -> Completion:
+        """The whole answer of one request, taken from ``process_completed``."""
+        trace = trace or RequestTrace(new_session_hash())
+        final: list[str] = []
+        async for piece in self._exchange(prompt, system, trace, False, final):
+            final.append(piece)
+        return Completion(final[-1] if final else "", trace)
+
+    async def _exchange(
+        self,
+        prompt: str,
+        system: str | None,
+        trace: RequestTrace,
+        streaming: bool,
+        final: list[str] | None = None,
+    ) -> AsyncIterator[str]:
+        """Join, stream, and either yield deltas or (``streaming=False``) the final text."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self.timeouts.total
+        trace.url = self.display_url
+        trace.started_at = utc_now()
+        info: SpaceInfo | None = None
+        tracker: EventTracker | None = None
+        try:
+            info = await self.discover()
+            event_id = await self._join(info, prompt, system, trace.session_hash, deadline)
+            trace.event_id = event_id
+            tracker = EventTracker(event_id, diffs=info.diffs, chatbot_index=info.chatbot_index)
+            async with aclosing(self._read_stream(tracker, trace, start, deadline)) as deltas:
+                async for delta in deltas:
+                    if streaming:
+                        yield delta
+            if tracker.diverged and streaming:
+                raise StreamDivergedError(
+                    "the Space rewrote text it had already streamed; the final answer differs"
+                )
+            if not streaming:
+                yield tracker.final_text or ""
+        except (aiohttp.ClientError, OSError) as exc:
+            raise map_transport_error(exc, self.redact) from None
+        finally:
+            trace.finished_at = utc_now()
+            trace.duration_ms = (loop.time() - start) * 1000.0
+            if tracker is not None and not tracker.done and info is not None:
+                self._cancel_later(info, tracker.event_id, trace.session_hash)
+
+    async def _join(
+        self, info: SpaceInfo, prompt: str, system: str | None, session_hash: str, deadline: float
+    ) -> str:
+        body: dict[str, Any] = {
+            "data": [prompt, [], DEFAULT_SYSTEM_PROMPT if system is None else system],
+            "event_data": None,
+            "fn_index": info.fn_index,
+            "session_hash": session_hash,
+        }
+        if info.trigger_id is not None:
+            body["trigger_id"] = info.trigger_id
+        url = f"{self.url}{info.api_prefix}/queue/join"
+        try:
+            async with timeout_at(min(deadline, asyncio.get_running_loop().time() + self.timeouts.read)):
+                async with self._http().post(
+                    url, json=body, headers=self._headers, proxy=self.proxy,
+                    timeout=self._http_timeout,
+                ) as resp:
+                    raw = await resp.read()
+                    if resp.status != 200:
+                        raise self._join_status_error(info, resp, raw)
+        except asyncio.TimeoutError:
+            raise AttemptTimeoutError("timed out joining the queue") from None
+        try:
+            event_id = json.loads(raw).get("event_id")
+        except (ValueError, AttributeError):
+            raise ProtocolError(f"queue/join answered {raw[:120]!r}, not JSON") from None
+        if not isinstance(event_id, str) or not event_id:
+            raise ProtocolError(f"queue/join answered without an event_id: {raw[:120]!r}")
+        return event_id
+
+    def _join_status_error(
+        self, info: SpaceInfo, resp: aiohttp.ClientResponse, raw: bytes
+    ) -> RequestError:
+        status = resp.status
+        text = self.redact(raw[:300].decode("utf-8", "replace"))
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        where = f"{self.display_url}{info.api_prefix}/queue/join"
+        if status == 503:
+            return QueueFullError(
+                f"HTTP 503 from {where}: {text or 'queue full'}", status=503, retry_after=retry_after
+            )
+        error = HTTPStatusError(f"HTTP {status} from {where}: {text}", status=status,
+                                retry_after=retry_after)
+        if status == 404:
+            # A Space upgraded to Gradio 5+ moves its routes under /gradio_api:
+            # forget the layout so the next attempt reads /config again.
+            self._info = None
+            error.retryable = not info.discovered
+        elif status in (401, 403):
+            error.args = (f"{error} (the Space is private or the HF token is not accepted)",)
+        elif status == 500:
+            error.retryable = False  # a bad fn_index or payload; sending it again won't help
+        return error
+
+    async def _read_stream(
+        self, tracker: EventTracker, trace: RequestTrace, start: float, deadline: float
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        timeouts = self.timeouts
+        url = f"{self.url}{self._info_prefix()}/queue/data"
+        decoder = SSEDecoder(self.max_line_bytes)
+        async with self._http().get(
+            url,
+            params={"session_hash": trace.session_hash},
+            headers={**self._headers, "Accept": "text/event-stream"},
+            proxy=self.proxy,
+            timeout=self._http_timeout,
+        ) as resp:
+            if resp.status != 200:
+                raw = await resp.read()
+                raise HTTPStatusError(
+                    f"HTTP {resp.status} from {self.display_url} queue/data: "
+                    + self.redact(raw[:300].decode("utf-8", "replace")),
+                    status=resp.status,
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                )
+            content = resp.content
+            last_text = 0.0
+            while True:
+                now = loop.time()
+                when = min(deadline, now + timeouts.read)
+                if last_text:
+                    when = min(when, last_text + timeouts.idle)
+                try:
+                    async with timeout_at(when):
+                        chunk = await content.readany()
+                except asyncio.TimeoutError:
+                    raise self._timeout_error(loop.time(), deadline, last_text) from None
+                if not chunk:
+                    decoder.close()
+                    raise StreamEndedError(
+                        "the event stream ended before the job completed"
+                        if tracker.started else "the event stream ended before the job started"
+                    )
+                for event in decoder.feed(chunk):
+                    delta = tracker.handle(parse_message(event.data))
+                    if tracker.started and trace.queue_ms is None:
+                        trace.queue_ms = (loop.time() - start) * 1000.0
+                    if delta:
+                        last_text = loop.time()
+                        if trace.ttft_ms is None:
+                            trace.ttft_ms = (last_text - start) * 1000.0
+                        trace.chunks += 1
+                        if self.max_answer_chars and len(tracker.emitted) > self.max_answer_chars:
+                            raise ResponseTooLargeError(
+                                f"answer longer than {self.max_answer_chars} characters"
+                            )
+                        yield delta
+                    if tracker.done:
+                        trace.queue_rank = tracker.queue_rank
+                        return
+
+    def _info_prefix(self) -> str:
+        return self._info.api_prefix if self._info is not None else DEFAULT_SPACE_INFO.api_prefix
+
+    def _timeout_error(self, now: float, deadline: float, last_text: float) -> RequestError:
+        t = self.timeouts
+        if now >= deadline - 1e-3:
+            return AttemptTimeoutError(f"attempt took longer than {t.total:g} s (queue wait included)")
+        if last_text and now >= last_text + t.idle - 1e-3:
+            return IdleTimeoutError(f"no new text for {t.idle:g} s while generating")
+        return ReadTimeoutError(f"nothing received for {t.read:g} s (not even a heartbeat)")
+
+    # -- cancelling abandoned jobs ---------------------------------------------------------
+
+    def _cancel_later(self, info: SpaceInfo, event_id: str, session_hash: str) -> None:
+        """Ask the server to drop a job we no longer read, without blocking the caller."""
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._cancel_job(info, event_id, session_hash)
+            )
+        except RuntimeError:
+            log.debug("event loop closed; cannot cancel job %s", event_id)
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel_job(self, info: SpaceInfo, event_id: str, session_hash: str) -> None:
+        body = {"event_id": event_id, "fn_index": info.fn_index, "session_hash": session_hash}
+        try:
+            async with self._http().post(
+                f"{self.url}{info.api_prefix}/cancel", json=body, headers=self._headers,
+                proxy=self.proxy, timeout=aiohttp.ClientTimeout(total=_CANCEL_WAIT),
+            ) as resp:
+                log.debug("cancelled job %s: HTTP %s", event_id, resp.status)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError) as exc:
+            # Best effort: the server also drops the job once our stream is gone.
+            log.debug("could not cancel job %s: %s", event_id, self.redact(repr(exc)))

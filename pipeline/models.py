@@ -1,0 +1,113 @@
+"""Plain data carried between the layers: prompts, request traces, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+
+def utc_now() -> datetime:
+    """The current wall-clock time in UTC (timestamps; durations use the monotonic clock)."""
+    return datetime.now(timezone.utc)
+
+
+def iso_utc(moment: datetime | None) -> str | None:
+    """ISO 8601 with millisecond precision and a ``Z`` suffix, or None."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of a conversation as callers pass it (``{"role", "content"}``)."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as a reader found it, before it is turned into a prompt.
+
+    ``position`` is the 0-based index of the record in the input; ``location``
+    is what a person needs to find it (``data.jsonl:17`` or ``data.parquet row 16``).
+    """
+
+    position: int
+    location: str
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRow:
+    """One unit of work: a prompt and the system prompt to send with it."""
+
+    id: str
+    position: int
+    prompt: str
+    system: str | None = None
+    keep: dict[str, Any] = field(default_factory=dict)
+    location: str = ""
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """What happened during one attempt; filled in by the client as it goes.
+
+    Millisecond figures are measured from the start of the join request with
+    the monotonic clock; ``None`` means the moment never came.
+    """
+
+    session_hash: str
+    url: str = ""
+    event_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    chunks: int = 0
+    queue_rank: int | None = None
+    queue_eta_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished answer and the trace of the attempt that produced it."""
+
+    text: str
+    trace: RequestTrace
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A row that got its completion."""
+
+    row: PromptRow
+    text: str
+    trace: RequestTrace
+    attempts: int
+    model: str
+    sample: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A row that did not: bad input, or a request that failed for good."""
+
+    id: str | None
+    position: int
+    error_type: str
+    error: str
+    attempts: int
+    row: PromptRow | None = None
+    trace: RequestTrace | None = None
+    sample: int = 0
+    retryable: bool = False
+
+
+Result = Union[Success, Failure]
