@@ -26,7 +26,7 @@ VENVS="$(cd "$VENVS" && pwd)"
 
 GRADIO6_SPEC=("gradio>=6,<7")
 # 4.44.1 breaks with today's huggingface_hub (HfFolder import), fastapi/pydantic/
-# uvicorn/httpx; these pins are the set verified in /work/shared/PROTOCOL.md §4.
+# uvicorn/httpx; these pins are the set verified in shared/PROTOCOL.md (beside the repo) §4.
 GRADIO4_SPEC=("gradio==4.44.1" "huggingface_hub==0.25.2" "fastapi==0.112.4"
               "pydantic==2.9.2" "uvicorn==0.30.6" "httpx==0.27.2")
 

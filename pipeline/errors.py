@@ -11,6 +11,7 @@ again with a fresh session hash, may reasonably succeed.
     ├── InputFileError                the input file itself cannot be read (CLI exit 2)
     ├── OutputError                   the output cannot be written or resumed
     ├── LockedError                   another run holds the output's lock
+    ├── EndpointDownError             the endpoint is unreachable or keeps failing (CLI exit 4)
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
         │   └── QueueFullError        503 "Queue is full"                       [yes]
@@ -73,6 +74,10 @@ class OutputError(QwenBatchError):
 
 class LockedError(QwenBatchError):
     """Another run is writing to the same output."""
+
+
+class EndpointDownError(QwenBatchError):
+    """The endpoint is unreachable or keeps failing; the run stopped early."""
 
 
 class RequestError(QwenBatchError):

@@ -52,6 +52,8 @@ class PromptRow:
     system: str | None = None
     keep: dict[str, Any] = field(default_factory=dict)
     location: str = ""
+    samples: tuple[int, ...] | None = None
+    """Which sample numbers to run; None means all of the run's samples."""
 
 
 @dataclass(slots=True)

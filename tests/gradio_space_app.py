@@ -7,8 +7,8 @@ Run it with the python of a *gradio* virtualenv (see .ci/gradio-envs.sh), never 
 Standalone on purpose: stdlib + gradio only, no ``pipeline`` import; works on gradio 4.44.1
 and 6.x (and 5.x).  tests/real_gradio.py starts it as a subprocess.
 
-Layout and event order mirror the Space's app.py as described in /work/shared/PROTOCOL.md §2, so
-that ``/config`` has the same ids as the captures in /work/shared/gradio-captures/*_config.json:
+Layout and event order mirror the Space's app.py as described in shared/PROTOCOL.md §2, so
+that ``/config`` has the same ids as the captures in shared/gradio-captures/*_config.json:
 components 4 (System), 7 (Set system button), 8 (hidden system_state), 10 (Chatbot),
 11 (Input), 13 (Clear), 14 (Send); dependencies 0 ``model_chat`` (Input submit),
 1 ``model_chat_1`` (Send click), 2 ``clear_session``, 3 ``modify_system_session``.

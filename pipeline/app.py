@@ -1,0 +1,227 @@
+"""One ``qwen-batch run``: files, lock, signals and progress around the batch core.
+
+Everything here is plain Python driven by resolved options; the Click layer only
+parses and reports. Exit codes live here so that tests can check them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from .client import DEFAULT_URL, GradioQueueClient, Timeouts
+from .errorlog import compact_errors
+from .errors import EndpointDownError, OutputError
+from .jobs import KeySet, PlanCounters, plan_rows
+from .lock import OutputLock
+from .models import Failure, Success
+from .progress import Progress
+from .readers import RowSpec, detect_format, read_records
+from .records import failure_record, success_record
+from .retry import RetryPolicy
+from .runner import BatchSettings, BatchState, run_batch
+from .summary import RunSummary
+from .writers import JsonlAppender, open_output
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_ROWS_FAILED = 3
+EXIT_ENDPOINT_DOWN = 4
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run needs, already validated by the command line layer."""
+
+    input: str
+    output: str
+    errors: str
+    input_format: str | None = None
+    output_format: str | None = None
+    spec: RowSpec = field(default_factory=RowSpec)
+    url: str = DEFAULT_URL
+    model: str = "qwen-qwen2-72b-instruct"
+    concurrency: int = 4
+    max_attempts: int = 4
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    rate: float | None = None
+    limit: int | None = None
+    samples: int = 1
+    proxy: str | None = None
+    hf_token: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+    summary_path: str | None = None
+    max_consecutive_failures: int = 20
+    max_record_bytes: int = 1_000_000
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 60.0
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    summary: RunSummary
+
+
+def _remove_outputs(options: RunOptions) -> None:
+    for path in (options.output, options.output + ".journal.jsonl", options.errors):
+        if path != "-":
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _count_rows(path: str, fmt: str) -> int | None:
+    """Rows in the input, for the progress bar's ETA; None when unknown or too costly."""
+    if path == "-":
+        return None
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if os.path.getsize(path) > 4 << 30:
+            return None
+        count, last = 0, b"\n"
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+        return count + (last != b"\n")
+    except (OSError, ValueError) as exc:
+        log.debug("cannot count input rows: %s", exc)
+        return None
+
+
+async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) -> None:
+    fmt = detect_format(options.input, options.input_format)
+    records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes)
+    output = open_output(options.output, options.output_format)
+    errors_sink: JsonlAppender | None = None
+    try:
+        done = KeySet(output.iter_done_keys())
+        compact_errors(options.errors, done)
+        errors_sink = JsonlAppender(options.errors)
+        counters = PlanCounters()
+        rows = plan_rows(records, options.spec, done=done, samples=options.samples,
+                         limit=options.limit, counters=counters)
+        settings = BatchSettings(
+            concurrency=options.concurrency,
+            policy=RetryPolicy(max_attempts=options.max_attempts,
+                               base_delay=options.retry_base_delay,
+                               max_delay=options.retry_max_delay),
+            samples=options.samples,
+            rate=options.rate,
+            model=options.model,
+            max_consecutive_failures=options.max_consecutive_failures,
+        )
+        state = BatchState()
+        total = _count_rows(options.input, fmt) if options.progress else None
+        progress = Progress(options.progress, total * options.samples if total else None,
+                            state)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = GradioQueueClient(options.url, session=session, proxy=options.proxy,
+                                       hf_token=options.hf_token, timeouts=options.timeouts)
+            try:
+                skipped = 0
+                async for result in run_batch(rows, client, settings, stop=stop, state=state):
+                    if counters.skipped_done != skipped:
+                        progress.skip((counters.skipped_done - skipped) * options.samples)
+                        skipped = counters.skipped_done
+                    if isinstance(result, Success):
+                        output.write(success_record(result))
+                        done.add(result.row.id, result.sample)
+                    else:
+                        assert isinstance(result, Failure)
+                        errors_sink.write(failure_record(result))
+                    summary.add(result)
+                    progress.advance(result)
+            except EndpointDownError as exc:
+                summary.endpoint_down = str(exc)
+            finally:
+                summary.retries = state.retries
+                summary.skipped_done = counters.skipped_done
+                progress.close()
+                await client.close()
+        errors_sink.close()
+        errors_sink = None
+        output.close()
+        compact_errors(options.errors, done)
+    finally:
+        if errors_sink is not None:
+            errors_sink.close()
+        output.close()  # safe twice; on an error the journal keeps every finished row
+
+
+def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    installed = []
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            summary.interrupted = True
+            stop.set()
+            print(f"\n{signal.Signals(signum).name}: stopping; finishing up "
+                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        elif main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def run(options: RunOptions) -> RunOutcome:
+    """Run one batch job; the exit code says how it ended (see the README's table)."""
+    summary = RunSummary(output=options.output, errors_file=options.errors)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    lock = OutputLock(options.output)
+    lock.acquire()  # LockedError propagates: another run owns this output
+    try:
+        if options.overwrite:
+            _remove_outputs(options)
+        with contextlib.contextmanager(_install_signals)(stop, summary):
+            try:
+                await _drive(options, summary, stop)
+            except asyncio.CancelledError:
+                summary.interrupted = True
+    finally:
+        lock.release()
+        summary.elapsed_s = time.monotonic() - started
+    if options.summary_path:
+        try:
+            with open(options.summary_path, "w", encoding="utf-8") as handle:
+                handle.write(summary.to_json())
+        except OSError as exc:
+            raise OutputError(f"cannot write the summary to {options.summary_path}: {exc}") from exc
+    if summary.interrupted:
+        code = EXIT_INTERRUPTED
+    elif summary.endpoint_down:
+        code = EXIT_ENDPOINT_DOWN
+    elif summary.failed or summary.input_errors:
+        code = EXIT_ROWS_FAILED
+    else:
+        code = EXIT_OK
+    return RunOutcome(code, summary)

@@ -1,0 +1,264 @@
+"""The ``qwen-batch`` command line (Click). Commands stay thin: they parse, then call :mod:`.app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .app import EXIT_FAILURE, EXIT_USAGE, RunOptions, run
+from .client import DEFAULT_URL, Timeouts
+from .config import env_name, load_config
+from .errors import (
+    ConfigError,
+    InputFileError,
+    LockedError,
+    ModelNotFoundError,
+    OutputError,
+    QwenBatchError,
+)
+from .provider import Qwen_Qwen_2_72B
+from .readers import RowSpec
+from .writers import default_errors_path, default_output_path
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+
+def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager ``--config``: its values become the command's defaults (below env and CLI)."""
+    if value:
+        known = [p.name for p in ctx.command.params if p.name and p.name != "config"]
+        try:
+            ctx.default_map = {**(ctx.default_map or {}),
+                               **load_config(value, ctx.info_name or "run", known)}
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+def opt(*decls: str, **kwargs: Any) -> Any:
+    """A Click option that can also come from ``QWEN_BATCH_<NAME>``."""
+    long_name = next(d for d in decls if d.startswith("--"))
+    kwargs.setdefault("envvar", env_name(long_name))
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*decls, **kwargs)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="qwen-batch")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """Batch prompts through the Qwen2-72B-Instruct Space, crash-safe and resumable.
+
+    \b
+    Quick start (no network needed):
+      qwen-batch demo
+    Real work:
+      qwen-batch run prompts.jsonl -o completions.jsonl
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("input_path", metavar="INPUT", envvar="QWEN_BATCH_INPUT")
+@opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
+     "[default: <input stem>.completions.jsonl beside the input]")
+@opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
+@opt("--input-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
+@opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
+@opt("--prompt-field", default="prompt", show_default=True)
+@opt("--id-field", default="id", show_default=True, help="Unique row id (else the row number).")
+@opt("--system-field", default="system", show_default=True)
+@opt("--messages-field", default="messages", show_default=True,
+     help="A chat list of {role, content}, folded into one prompt.")
+@opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".')
+@opt("--system", "default_system", help="System prompt for rows without one.")
+@opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable).")
+@opt("--url", default=DEFAULT_URL, show_default=True, help="The Space (or a copy of it).")
+@opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True)
+@opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
+     help="Requests in flight at once (be polite to a free Space).")
+@opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
+     help="Attempts per row, the first included.")
+@opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+     help="Base of the exponential backoff between attempts, in seconds.")
+@opt("--retry-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
+     help="Cap of one backoff wait (a server's Retry-After is honoured up to 300 s).")
+@opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0, show_default=True,
+     help="Seconds per attempt, queue wait included.")
+@opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+     show_default=True, help="Seconds without new text once generation started.")
+@opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+     show_default=True, help="Seconds without any byte (heartbeats come every 15 s).")
+@opt("--rate", type=click.FloatRange(min=0, min_open=True),
+     help="Max request starts per second (retries included).")
+@opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run.")
+@opt("--samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
+     help="Completions per prompt (records get a `sample` field).")
+@opt("--proxy", help="HTTP(S) proxy URL; credentials in it are never logged.")
+@opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"],
+     help="Hugging Face token (env HF_TOKEN); never logged or written.")
+@opt("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
+@opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY).")
+@opt("--summary", "summary_path", help="Also write the summary as JSON to this file.")
+@opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
+     help="Stop with exit 4 after this many rows fail in a row.")
+@opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+     help="Largest accepted input line/row.")
+@opt("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+     callback=_load_config_file, help="TOML file of option defaults (see configs/default.toml).")
+def run_command(input_path: str, **o: Any) -> None:
+    """Run every prompt of INPUT (.jsonl, .parquet, or - for JSONL on stdin).
+
+    Output is appended as rows finish; run the same command again to resume:
+    rows already in OUTPUT are skipped and failed rows are retried.
+
+    \b
+    Example:
+      qwen-batch run prompts.jsonl -o out.jsonl --concurrency 8 --template "Summarise: {text}"
+    \b
+    Exit codes: 0 all rows done, 3 some rows failed, 2 usage/config/input file,
+    4 endpoint unreachable or failing, 130 interrupted, 1 anything else.
+    """
+    try:
+        Qwen_Qwen_2_72B.get_model(o["model"])
+        spec = RowSpec(prompt_field=o["prompt_field"], id_field=o["id_field"],
+                       system_field=o["system_field"], messages_field=o["messages_field"],
+                       template=o["template"], default_system=o["default_system"],
+                       keep=tuple(o["keep"]))
+    except (ConfigError, ModelNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
+    output = o["output"] or default_output_path(input_path)
+    options = RunOptions(
+        input=input_path,
+        output=output,
+        errors=o["errors_path"] or default_errors_path(output),
+        input_format=o["input_format"],
+        output_format=o["output_format"],
+        spec=spec,
+        url=o["url"],
+        model=Qwen_Qwen_2_72B.get_model(o["model"]),
+        concurrency=o["concurrency"],
+        max_attempts=o["max_attempts"],
+        timeouts=Timeouts(read=o["read_timeout"], idle=o["idle_timeout"], total=o["timeout"]),
+        rate=o["rate"],
+        limit=o["limit"],
+        samples=o["samples"],
+        proxy=o["proxy"],
+        hf_token=o["hf_token"],
+        overwrite=o["overwrite"],
+        progress=not o["no_progress"] and sys.stderr.isatty(),
+        summary_path=o["summary_path"],
+        max_consecutive_failures=o["max_consecutive_failures"],
+        max_record_bytes=o["max_record_bytes"],
+        retry_base_delay=o["retry_delay"],
+        retry_max_delay=o["retry_max_delay"],
+    )
+    sys.exit(_execute(options))
+
+
+def _execute(options: RunOptions) -> int:
+    try:
+        outcome = asyncio.run(run(options))
+    except (InputFileError, ConfigError) as exc:
+        click.echo(f"qwen-batch: error: {exc}", err=True)
+        return EXIT_USAGE
+    except LockedError as exc:
+        click.echo(f"qwen-batch: {exc}", err=True)
+        return EXIT_FAILURE
+    except (OutputError, QwenBatchError) as exc:
+        click.echo(f"qwen-batch: error: {exc}", err=True)
+        return EXIT_FAILURE
+    click.echo(outcome.summary.render(), err=True)
+    return outcome.exit_code
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+              help="Prompts to run.  [default: data/samples/prompts.jsonl]")
+@click.option("--output-dir", type=click.Path(file_okay=False),
+              help="Where to write the results.  [default: a new temporary directory]")
+@click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True,
+              help="Which Gradio shape the fake Space speaks.")
+@click.option("--latency", type=float, default=0.3, show_default=True,
+              help="Seconds the fake Space takes per answer.")
+def demo(input_path: str | None, output_dir: str | None, gradio: str, latency: float) -> None:
+    """Run the sample prompts through the whole pipeline against a local fake Space.
+
+    Needs no network: the fake Space listens on 127.0.0.1. Some sample prompts
+    ask it for faults (a cut connection, a full queue, an app error) so the
+    retries show. Run it twice to see resume skip what is done.
+    """
+    from .fake_space import FakeSpaceConfig, run_fake_space
+
+    source = input_path or str(SAMPLES_DIR / "prompts.jsonl")
+    if not os.path.exists(source):
+        raise click.UsageError(f"sample prompts not found at {source}; pass --input")
+    out_dir = Path(output_dir or tempfile.mkdtemp(prefix="qwen-batch-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = str(out_dir / "prompts.completions.jsonl")
+
+    async def go() -> int:
+        config = FakeSpaceConfig(gradio_major=int(gradio), latency=latency, chunks=10)
+        async with run_fake_space(config) as space:
+            click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
+            options = RunOptions(input=source, output=output, errors=default_errors_path(output),
+                                 url=space.url, concurrency=8, progress=sys.stderr.isatty(),
+                                 retry_base_delay=0.05, retry_max_delay=0.5)
+            outcome = await run(options)
+        click.echo(outcome.summary.render(), err=True)
+        return outcome.exit_code
+
+    code = asyncio.run(go())
+    click.echo(f"\nCompletions: {output}\nFirst records:", err=True)
+    with open(output, encoding="utf-8") as handle:
+        for _, line in zip(range(3), handle):
+            click.echo(line.rstrip())
+    sys.exit(code)
+
+
+@main.command("fake-space", context_settings=CONTEXT_SETTINGS)
+@click.option("--port", type=int, default=7860, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True)
+@click.option("--latency", type=float, default=0.3, show_default=True)
+@click.option("--chunks", type=int, default=10, show_default=True)
+@click.option("--concurrency-limit", type=int, help="Jobs running at once (others queue).")
+@click.option("--max-size", type=int, help="Waiting jobs allowed before joins get 503.")
+@click.option("--heartbeat", type=float, default=15.0, show_default=True)
+@click.option("--fault", multiple=True, metavar="NAME=RATE",
+              help="Random fault rate, e.g. cut=0.1 (repeatable).")
+def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
+               concurrency_limit: int | None, max_size: int | None, heartbeat: float,
+               fault: tuple[str, ...]) -> None:
+    """Serve the fake Space for manual trials: qwen-batch run ... --url http://127.0.0.1:PORT"""
+    from .fake_space import FakeSpaceConfig, serve
+
+    rates: dict[str, float] = {}
+    for item in fault:
+        name, _, rate = item.partition("=")
+        try:
+            rates[name] = float(rate)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not NAME=RATE", param_hint="--fault") from None
+    try:
+        config = FakeSpaceConfig(gradio_major=int(gradio), latency=latency, chunks=chunks,
+                                 concurrency_limit=concurrency_limit, max_size=max_size,
+                                 heartbeat_interval=heartbeat, fault_rates=rates)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    serve(config, host, port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

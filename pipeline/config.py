@@ -1,0 +1,53 @@
+"""Option values from a TOML file, for Click's ``default_map`` (command line > env > file > default)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "QWEN_BATCH_"
+
+
+def env_name(option: str) -> str:
+    """The environment variable of an option: ``--max-attempts`` -> ``QWEN_BATCH_MAX_ATTEMPTS``."""
+    return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
+
+
+def load_config(path: str, command: str, known: Iterable[str]) -> dict[str, Any]:
+    """Read ``path`` and return the values for ``command`` keyed by parameter name.
+
+    Keys may sit at the top level or in a ``[command]`` table (the table wins),
+    spelled with dashes or underscores. Unknown keys are an error, so a typo in a
+    nightly job's config fails loudly instead of being ignored.
+    """
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    names = set(known)
+    values: dict[str, Any] = {}
+    tables = {k for k, v in raw.items() if isinstance(v, Mapping)}
+    for scope in [{k: v for k, v in raw.items() if k not in tables}, raw.get(command, {})]:
+        for key, value in scope.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ConfigError(
+                    f"config file {path}: unknown option {key!r} for {command!r}; "
+                    f"known: {', '.join(sorted(n.replace('_', '-') for n in names))}"
+                )
+            values[name] = value
+    for table in tables - {command}:
+        if table not in ("run", "check", "demo", "fake-space", "fake_space"):
+            raise ConfigError(f"config file {path}: unknown table [{table}]")
+    return values

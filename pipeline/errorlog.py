@@ -1,0 +1,57 @@
+"""The errors file: one record per failed row, the latest per row, none for rows since done."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import OutputError
+from .jobs import KeySet
+from .records import encode_record
+from .writers import iter_jsonl_records
+
+
+def failure_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    """A failure's identity: its id, or its input position for bad input.
+
+    Bad input is keyed by position: a duplicate id must not share a key with the
+    row that rightly holds that id (and is done).
+    """
+    record_id = record.get("id")
+    if record_id is None or record.get("error_type") == "input":
+        key = f"@{record.get('position')}"
+    else:
+        key = str(record_id)
+    return key, int(record.get("sample") or 0)
+
+
+def compact_errors(path: str, done: KeySet) -> int:
+    """Rewrite ``path`` keeping the newest record per row and dropping rows now done.
+
+    Runs at the start and end of every run, so re-running a job never piles up
+    stale or repeated error records. The rewrite is atomic (temp file + rename);
+    returns how many records remain.
+    """
+    if path == "-" or not os.path.exists(path):
+        return 0
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for record in iter_jsonl_records(path):
+        key = failure_key(record)
+        latest.pop(key, None)  # re-insert so the file keeps the order of the newest failures
+        if key not in done:
+            latest[key] = record
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            for record in latest.values():
+                handle.write(encode_record(record))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OutputError(f"cannot rewrite the errors file {path}: {exc.strerror or exc}") from exc
+    return len(latest)

@@ -1,0 +1,124 @@
+"""Flat dict records for the output and errors files, their JSON lines, and the resume key."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline.models import Failure, Success, iso_utc, utc_now
+from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
+
+STANDARD_FIELDS: tuple[str, ...] = (
+    "id", "sample", "prompt", "system", "completion", "model", "attempts", "session_hash",
+    "event_id", "url", "started_at", "finished_at", "queue_ms", "ttft_ms", "duration_ms",
+    "chunks",
+)
+"""The keys of a success record, in order, before the kept input columns."""
+
+KEEP_PREFIX = "input_"
+"""Prepended to a kept input column whose name is already taken by a standard key."""
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def success_record(s: Success) -> dict[str, Any]:
+    """The output record of a success: the standard fields, then the kept input columns.
+
+    A kept column named like a standard key is renamed ``input_<name>`` (prefixed
+    again while that name is used by another column): nothing is ever overridden.
+    """
+    trace = s.trace
+    record: dict[str, Any] = {
+        "id": s.row.id,
+        "sample": s.sample,
+        "prompt": s.row.prompt,
+        # What was sent: the Space's own default when the row had none.
+        "system": s.row.system if s.row.system is not None else DEFAULT_SYSTEM_PROMPT,
+        "completion": s.text,
+        "model": s.model,
+        "attempts": s.attempts,
+        "session_hash": trace.session_hash,
+        "event_id": trace.event_id,
+        "url": trace.url,
+        "started_at": iso_utc(trace.started_at),
+        "finished_at": iso_utc(trace.finished_at),
+        "queue_ms": _ms(trace.queue_ms),
+        "ttft_ms": _ms(trace.ttft_ms),
+        "duration_ms": _ms(trace.duration_ms),
+        "chunks": trace.chunks,
+    }
+    taken = set(record) | set(s.row.keep)
+    for name, value in s.row.keep.items():
+        key = name
+        if key in record:  # a standard key: rename to a name no other column uses
+            while key in taken:
+                key = KEEP_PREFIX + key
+            taken.add(key)
+        record[key] = value
+    return record
+
+
+def failure_record(f: Failure) -> dict[str, Any]:
+    """The errors-file record of a failure; trace fields are None when no request was made."""
+    trace = f.trace
+    return {
+        "id": f.id,
+        "sample": f.sample,
+        "position": f.position,
+        # Input errors raised before a row existed carry their location in ``error``.
+        "location": (f.row.location or None) if f.row is not None else None,
+        "error_type": f.error_type,
+        "error": f.error,
+        "attempts": f.attempts,
+        "retryable": f.retryable,
+        "session_hash": trace.session_hash if trace else None,
+        "event_id": trace.event_id if trace else None,
+        "queue_ms": _ms(trace.queue_ms) if trace else None,
+        "ttft_ms": _ms(trace.ttft_ms) if trace else None,
+        "duration_ms": _ms(trace.duration_ms) if trace else None,
+        "failed_at": iso_utc(utc_now()),
+    }
+
+
+def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
+    """The resume key ``(id, sample)`` of an output record; ValueError if it has no id."""
+    record_id = record.get("id")
+    if record_id is None:
+        raise ValueError("the record has no 'id'")
+    return str(record_id), int(record.get("sample") or 0)
+
+
+def json_default(obj: Any) -> Any:
+    """JSON stand-in for values Parquet inputs carry (datetimes, decimals, bytes...).
+
+    Anything else becomes ``str(obj)``: one odd value must not stop the batch.
+    """
+    if isinstance(obj, (dt.datetime, dt.date, dt.time)):
+        return obj.isoformat()
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, decimal.Decimal):
+        return str(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            return bytes(obj).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    return str(obj)
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One record as a compact UTF-8 JSON line, newline included."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=json_default)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # lone surrogates (a \ud800 escape in the input): keep them escaped
+        return json.dumps(record, separators=(",", ":"), default=json_default).encode() + b"\n"
