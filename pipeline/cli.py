@@ -8,7 +8,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -44,7 +45,10 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     return value
 
 
-def opt(*decls: str, **kwargs: Any) -> Any:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def opt(*decls: str, **kwargs: Any) -> Callable[[_F], _F]:
     """A Click option that can also come from ``QWEN_BATCH_<NAME>``."""
     long_name = next(d for d in decls if d.startswith("--"))
     kwargs.setdefault("envvar", env_name(long_name))

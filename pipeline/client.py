@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
@@ -337,7 +337,7 @@ class GradioQueueClient:
 
     async def _read_stream(
         self, tracker: EventTracker, trace: RequestTrace, start: float, deadline: float
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         timeouts = self.timeouts
         url = f"{self.url}{self._info_prefix()}/queue/data"

@@ -274,7 +274,7 @@ def config_skeleton(config: dict[str, Any]) -> dict[str, Any]:
 def expected_skeleton(major: int) -> dict[str, Any]:
     """``config_skeleton`` of the captures (gradio4.44.1_config.json / gradio6.31.0_config.json).
 
-    Written out here so the tests need no access to /work/shared; test_real_gradio.py checks it
+    Written out here so the tests need no access to the shared captures; test_real_gradio.py checks it
     against the capture files when they are present.
     """
     title = "<center><font size=8>Qwen2-72B-instruct Chat (local mirror)</center>"
