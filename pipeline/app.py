@@ -23,7 +23,7 @@ from .errorlog import compact_errors
 from .errors import EndpointDownError, OutputError
 from .jobs import KeySet, PlanCounters, plan_rows
 from .lock import OutputLock
-from .models import Failure, Success
+from .models import Failure, Success, iso_utc, utc_now
 from .progress import Progress
 from .readers import RowSpec, detect_format, read_records
 from .records import failure_record, success_record
@@ -107,6 +107,7 @@ def _count_rows(path: str, fmt: str) -> int | None:
 
 
 async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) -> None:
+    run_started = iso_utc(utc_now())
     fmt = detect_format(options.input, options.input_format)
     records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes)
     output = open_output(options.output, options.output_format)
@@ -160,7 +161,8 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
         errors_sink.close()
         errors_sink = None
         output.close()
-        compact_errors(options.errors, done)
+        compact_errors(options.errors, done, reread_below=counters.records,
+                       run_started=run_started)
     finally:
         if errors_sink is not None:
             errors_sink.close()

@@ -123,7 +123,7 @@ class GradioQueueClient:
         self._owns_session = session is None
         self._info = space_info
         self._discover_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
         self._headers = {"User-Agent": USER_AGENT}
         if hf_token:
             self._headers["Authorization"] = f"Bearer {hf_token}"
@@ -149,8 +149,11 @@ class GradioQueueClient:
 
     async def close(self) -> None:
         """Wait briefly for pending job cancellations, then close an owned session."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=_CANCEL_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CANCEL_WAIT
+        # A finished join may add its cancellation meanwhile: wait until none is left.
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -259,7 +262,16 @@ class GradioQueueClient:
         tracker: EventTracker | None = None
         try:
             info = await self.discover()
-            event_id = await self._join(info, prompt, system, trace.session_hash, deadline)
+            join = asyncio.ensure_future(
+                self._join(info, prompt, system, trace.session_hash, deadline)
+            )
+            try:
+                # Shielded: a caller that gives up mid-join must not orphan a job the
+                # server already accepted; we learn its event id, then cancel it.
+                event_id = await asyncio.shield(join)
+            except asyncio.CancelledError:
+                self._cancel_after_join(info, join, trace.session_hash)
+                raise
             trace.event_id = event_id
             tracker = EventTracker(event_id, diffs=info.diffs, chatbot_index=info.chatbot_index)
             async with aclosing(self._read_stream(tracker, trace, start, deadline)) as deltas:
@@ -405,6 +417,20 @@ class GradioQueueClient:
         return ReadTimeoutError(f"nothing received for {t.read:g} s (not even a heartbeat)")
 
     # -- cancelling abandoned jobs ---------------------------------------------------------
+
+    def _cancel_after_join(
+        self, info: SpaceInfo, join: asyncio.Future[str], session_hash: str
+    ) -> None:
+        """Once an abandoned join answers, cancel the job it created (if it did)."""
+
+        def joined(done: asyncio.Future[str]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return  # no job was created
+            self._cancel_later(info, done.result(), session_hash)
+
+        join.add_done_callback(joined)
+        self._background.add(join)
+        join.add_done_callback(self._background.discard)
 
     def _cancel_later(self, info: SpaceInfo, event_id: str, session_hash: str) -> None:
         """Ask the server to drop a job we no longer read, without blocking the caller."""

@@ -38,16 +38,29 @@ def load_config(path: str, command: str, known: Iterable[str]) -> dict[str, Any]
     names = set(known)
     values: dict[str, Any] = {}
     tables = {k for k, v in raw.items() if isinstance(v, Mapping)}
-    for scope in [{k: v for k, v in raw.items() if k not in tables}, raw.get(command, {})]:
+    # Table names, like keys, may be spelled with dashes or underscores: [fake_space]
+    # is the table of the command ``fake-space``.
+    own = sorted(t for t in tables if _norm(t) == _norm(command))
+    scopes = [{k: v for k, v in raw.items() if k not in tables}, *(raw[t] for t in own)]
+    for scope in scopes:
+        spelled: dict[str, str] = {}
         for key, value in scope.items():
             name = key.replace("-", "_")
+            if name in spelled:
+                raise ConfigError(f"config file {path}: {spelled[name]!r} and {key!r} "
+                                  "set the same option; keep one")
+            spelled[name] = key
             if name not in names:
                 raise ConfigError(
                     f"config file {path}: unknown option {key!r} for {command!r}; "
                     f"known: {', '.join(sorted(n.replace('_', '-') for n in names))}"
                 )
             values[name] = value
-    for table in tables - {command}:
-        if table not in ("run", "check", "demo", "fake-space", "fake_space"):
+    for table in tables - set(own):
+        if _norm(table) not in ("run", "check", "demo", "fake_space"):
             raise ConfigError(f"config file {path}: unknown table [{table}]")
     return values
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")

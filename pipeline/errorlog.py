@@ -27,12 +27,16 @@ def failure_key(record: Mapping[str, Any]) -> tuple[str, int]:
     return key, int(record.get("sample") or 0)
 
 
-def compact_errors(path: str, done: KeySet) -> int:
+def compact_errors(
+    path: str, done: KeySet, *, reread_below: int = 0, run_started: str | None = None
+) -> int:
     """Rewrite ``path`` keeping the newest record per row and dropping rows now done.
 
     Runs at the start and end of every run, so re-running a job never piles up
-    stale or repeated error records. The rewrite is atomic (temp file + rename);
-    returns how many records remain.
+    stale or repeated error records. Bad-input records from before ``run_started``
+    (ISO time) at positions below ``reread_below`` are dropped too: this run read
+    those rows again and re-reported them if they are still bad. The rewrite is
+    atomic (temp file + rename); returns how many records remain.
     """
     if path == "-" or not os.path.exists(path):
         return 0
@@ -40,8 +44,9 @@ def compact_errors(path: str, done: KeySet) -> int:
     for record in iter_jsonl_records(path):
         key = failure_key(record)
         latest.pop(key, None)  # re-insert so the file keeps the order of the newest failures
-        if key not in done:
-            latest[key] = record
+        if key in done or _reread(record, reread_below, run_started):
+            continue
+        latest[key] = record
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as handle:
@@ -55,3 +60,12 @@ def compact_errors(path: str, done: KeySet) -> int:
             os.remove(tmp)
         raise OutputError(f"cannot rewrite the errors file {path}: {exc.strerror or exc}") from exc
     return len(latest)
+
+
+def _reread(record: Mapping[str, Any], reread_below: int, run_started: str | None) -> bool:
+    if run_started is None or record.get("error_type") != "input":
+        return False
+    position = record.get("position")
+    failed_at = record.get("failed_at")
+    return (isinstance(position, int) and position < reread_below
+            and isinstance(failed_at, str) and failed_at < run_started)

@@ -62,11 +62,14 @@ def plan_rows(
     """
     counters = counters or PlanCounters()
     seen: set[int] = set()
-    for item in records:
+    queued = 0
+    # Every item, good or bad, takes the next input position (see read_records). The
+    # plan counts positions and queued rows itself: ``counters`` is only a report, and a
+    # caller may pass one in already filled.
+    for position, item in enumerate(records):
         counters.records += 1
         if isinstance(item, InputError):
             counters.input_errors += 1
-            position = counters.records - 1
             yield Failure(None, position, "input", str(item), 0)
             continue
         try:
@@ -87,9 +90,10 @@ def plan_rows(
         if not missing:
             counters.skipped_done += 1
             continue
-        if limit is not None and counters.queued >= limit:
+        if limit is not None and queued >= limit:
             counters.limited = True
             return
+        queued += 1
         counters.queued += 1
         yield row if len(missing) == samples else replace(row, samples=missing)
 

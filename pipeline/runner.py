@@ -11,9 +11,9 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import EndpointDownError, RequestError, ResponseTooLargeError
 from .models import Completion, Failure, PromptRow, RequestTrace, Result, Success
@@ -90,7 +90,7 @@ class BatchState:
 
 
 async def _aiter(rows: Iterable[PromptRow | Failure] | AsyncIterable[PromptRow | Failure]
-                 ) -> AsyncIterator[PromptRow | Failure]:
+                 ) -> AsyncGenerator[PromptRow | Failure, None]:
     if isinstance(rows, AsyncIterable):
         async for row in rows:
             yield row
@@ -127,7 +127,7 @@ async def run_batch(
     window = 2 * settings.concurrency
     queued: deque[tuple[PromptRow, int]] = deque()
     pending: set[asyncio.Task[Result]] = set()
-    source = _aiter(rows).__aiter__()
+    source = _aiter(rows)
     exhausted = False
 
     async def job(row: PromptRow, sample: int) -> Result:
@@ -176,7 +176,7 @@ async def run_batch(
             if state.down_reason:
                 stop.set()
 
-    stopper = asyncio.ensure_future(stop.wait())
+    stopper: asyncio.Task[Any] = asyncio.ensure_future(stop.wait())
     try:
         while True:
             while not stop.is_set() and len(pending) < window:
@@ -221,7 +221,11 @@ async def run_batch(
         # Closed early by the consumer: leave no request running behind its back.
         for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        # Await the stop watcher too: a cancelled task only ends at its next step, and
+        # nothing of this run may outlive the generator.
+        try:
+            await asyncio.gather(*pending, stopper, return_exceptions=True)
+        finally:
+            await source.aclose()  # close the input now (e.g. a reader's file), not at GC
     if state.down_reason:
         raise EndpointDownError(state.down_reason)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
 from .models import Failure, Result, Success
 
 _RESERVOIR = 20_000  # samples kept per metric: percentiles stay accurate, memory stays flat
@@ -37,8 +39,11 @@ class Reservoir:
         if not self.values:
             return None
         ordered = sorted(self.values)
-        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank]
+        # Nearest rank is ceil(q/100 * n). (round(x + 0.5) is not a ceiling: Python rounds
+        # half to even, so it overshot by one whenever q*n/100 was an odd integer.)
+        # The epsilon absorbs float noise such as 99.9 * 1000 / 100 = 999.0000000000001.
+        rank = math.ceil(q * len(ordered) / 100 - 1e-9)
+        return ordered[max(0, min(len(ordered) - 1, rank - 1))]
 
 
 @dataclass
@@ -110,12 +115,15 @@ class RunSummary:
                 return "n/a"
             return f"p50 {block['p50']:.0f} ms, p95 {block['p95']:.0f} ms"
 
+        # Bad input has its own line; the breakdown of "failed" covers what it counts.
+        failed_by_type = {k: v for k, v in d["errors_by_type"].items()
+                          if k != InputError.error_type}
         lines = [
             "qwen-batch summary",
             f"  done        {self.succeeded}",
             f"  failed      {self.failed}" + (
-                " (" + ", ".join(f"{k} {v}" for k, v in d["errors_by_type"].items()) + ")"
-                if self.errors_by_type else ""),
+                " (" + ", ".join(f"{k} {v}" for k, v in failed_by_type.items()) + ")"
+                if failed_by_type else ""),
             f"  bad input   {self.input_errors}",
             f"  skipped     {self.skipped_done} (already in the output)",
             f"  retries     {self.retries}",

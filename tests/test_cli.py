@@ -336,3 +336,17 @@ def test_summary_file_has_counts_and_percentiles(tmp_path: Path, threaded_space)
     assert data["latency_ms"]["p50"] > 0 and data["ttft_ms"]["p95"] >= data["ttft_ms"]["p50"]
     assert data["throughput_per_s"] > 0
     assert "p50" in result.stderr and "p95" in result.stderr
+
+
+def test_a_fixed_bad_line_leaves_the_errors_file(tmp_path: Path, threaded_space) -> None:
+    source = tmp_path / "fix.jsonl"
+    source.write_text('{"id": "a", "prompt": "fine"}\n{"prompt": broken\n{"id": "c", "prompt": 3}\n')
+    args = ["run", str(source), "--url", threaded_space.url, *FAST]
+    assert invoke(*args).exit_code == 3
+    errors_file = tmp_path / "fix.completions.errors.jsonl"
+    assert len(read_jsonl(errors_file)) == 2
+    source.write_text('{"id": "a", "prompt": "fine"}\n{"prompt": "mended"}\n{"id": "c", "prompt": 3}\n')
+    assert invoke(*args).exit_code == 3
+    (left,) = read_jsonl(errors_file)  # line 2 now works; line 3 is still bad
+    assert left["id"] == "c" and "expected a string" in left["error"]
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "fix.completions.jsonl")) == ["1", "a"]

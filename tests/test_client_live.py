@@ -229,3 +229,18 @@ def test_provider_public_face() -> None:
     assert set(p.models) >= {"qwen-qwen2-72b-instruct", "qwen-2-72b"}
     hashes = {p.generate_session_hash() for _ in range(100)}
     assert len(hashes) == 100 and all(len(h) == 12 and int(h, 16) >= 0 for h in hashes)
+
+
+async def test_cancelled_while_joining_still_cancels_the_accepted_job(space) -> None:
+    space.space.config.latency = 5.0
+    async with GradioQueueClient(space.url) as client:
+        await client.discover()
+        task = asyncio.create_task(client.complete("long answer"))
+        await asyncio.sleep(0)  # the join request is under way, not yet answered
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # close() waited for the join to answer and for the job's cancellation.
+    stats = space.space.stats
+    assert stats.joins == 1
+    assert stats.running == 0 and stats.cancelled + stats.abandoned == 1
