@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,7 +23,7 @@ from .errorlog import compact_errors
 from .errors import EndpointDownError, OutputError
 from .jobs import KeySet, PlanCounters, plan_rows
 from .lock import OutputLock
-from .models import Failure, Success, iso_utc, utc_now
+from .models import Failure, PromptRow, Success, iso_utc, utc_now
 from .progress import Progress
 from .readers import RowSpec, detect_format, read_records
 from .records import failure_record, success_record
@@ -52,7 +52,7 @@ class RunOptions:
     input_format: str | None = None
     output_format: str | None = None
     spec: RowSpec = field(default_factory=RowSpec)
-    url: str = DEFAULT_URL
+    urls: tuple[str, ...] = (DEFAULT_URL,)
     model: str = "qwen-qwen2-72b-instruct"
     concurrency: int = 4
     max_attempts: int = 4
@@ -69,6 +69,12 @@ class RunOptions:
     max_record_bytes: int = 1_000_000
     retry_base_delay: float = 1.0
     retry_max_delay: float = 60.0
+    adaptive: bool = True
+    min_chars: int = 1
+    deadline: float | None = None
+    grace: float = 60.0
+    max_outage: float = 600.0
+    max_response_chars: int | None = None
 
 
 @dataclass
@@ -128,6 +134,11 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
             rate=options.rate,
             model=options.model,
             max_consecutive_failures=options.max_consecutive_failures,
+            adaptive=options.adaptive,
+            min_chars=options.min_chars,
+            deadline=options.deadline,
+            grace=options.grace,
+            max_outage=options.max_outage,
         )
         state = BatchState()
         total = _count_rows(options.input, fmt) if options.progress else None
@@ -135,11 +146,14 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
                             state)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            client = GradioQueueClient(options.url, session=session, proxy=options.proxy,
-                                       hf_token=options.hf_token, timeouts=options.timeouts)
+            clients = [GradioQueueClient(url, session=session, proxy=options.proxy,
+                                         hf_token=options.hf_token, timeouts=options.timeouts,
+                                         max_answer_chars=options.max_response_chars)
+                       for url in options.urls]
+            results = run_batch(rows, clients, settings, stop=stop, state=state)
             try:
                 skipped = 0
-                async for result in run_batch(rows, client, settings, stop=stop, state=state):
+                async for result in results:
                     if counters.skipped_done != skipped:
                         progress.skip((counters.skipped_done - skipped) * options.samples)
                         skipped = counters.skipped_done
@@ -154,19 +168,37 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
             except EndpointDownError as exc:
                 summary.endpoint_down = str(exc)
             finally:
+                if isinstance(results, AsyncGenerator):
+                    # Leaving the loop on an error (a failed write, say) must cancel the
+                    # requests in flight now, while the session is open, not at exit.
+                    await results.aclose()
                 summary.retries = state.retries
                 summary.skipped_done = counters.skipped_done
+                summary.note_state(state)
                 progress.close()
-                await client.close()
+                for client in clients:
+                    await client.close()
+        read_upto = counters.records
+        if state.deadline_hit:
+            summary.remaining = state.unfinished + _count_remaining(rows, options.samples)
         errors_sink.close()
         errors_sink = None
         output.close()
-        compact_errors(options.errors, done, reread_below=counters.records,
+        compact_errors(options.errors, done, reread_below=read_upto,
                        run_started=run_started)
     finally:
         if errors_sink is not None:
             errors_sink.close()
         output.close()  # safe twice; on an error the journal keeps every finished row
+
+
+def _count_remaining(rows: Iterator[PromptRow | Failure], samples: int) -> int:
+    """Jobs still to do in the unread part of the input (read, not run)."""
+    count = 0
+    for item in rows:
+        if isinstance(item, PromptRow):
+            count += len(item.samples) if item.samples else samples
+    return count
 
 
 def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]:

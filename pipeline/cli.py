@@ -17,6 +17,7 @@ from . import __version__
 from .app import EXIT_FAILURE, EXIT_USAGE, RunOptions, run
 from .client import DEFAULT_URL, Timeouts
 from .config import env_name, load_config
+from .durations import seconds_until
 from .errors import (
     ConfigError,
     InputFileError,
@@ -36,12 +37,18 @@ SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Eager ``--config``: its values become the command's defaults (below env and CLI)."""
     if value:
-        known = [p.name for p in ctx.command.params if p.name and p.name != "config"]
+        # Keys are the options' long names (url, errors, system...), as on the command line.
+        known = {opt[2:]: p.name for p in ctx.command.params if p.name and p.name != "config"
+                 for opt in p.opts if opt.startswith("--")}
+        multiple = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
         try:
-            ctx.default_map = {**(ctx.default_map or {}),
-                               **load_config(value, ctx.info_name or "run", known)}
+            values = load_config(value, ctx.info_name or "run", known)
         except ConfigError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        for name in multiple & set(values):
+            if isinstance(values[name], str):
+                values[name] = [values[name]]
+        ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
 
@@ -88,10 +95,23 @@ def main(verbose: int) -> None:
 @opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".')
 @opt("--system", "default_system", help="System prompt for rows without one.")
 @opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable).")
-@opt("--url", default=DEFAULT_URL, show_default=True, help="The Space (or a copy of it).")
+@opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True,
+     help="The Space, or a copy of it; repeat for several endpoints sharing the work.")
 @opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True)
 @opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
-     help="Requests in flight at once (be polite to a free Space).")
+     help="Most requests in flight at once (be polite to a free Space); the run adapts "
+     "below it when the Space's queue pushes back.")
+@opt("--fixed-concurrency", is_flag=True, help="Keep --concurrency fixed instead of adapting.")
+@opt("--deadline", help="Stop starting requests after this long (55m, 1h30m) or at this "
+     "clock time (06:30); unfinished rows are left for the next run.")
+@opt("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+     help="Seconds requests in flight may take after the deadline.")
+@opt("--min-chars", type=click.IntRange(min=1), default=1, show_default=True,
+     help="Shorter answers are incomplete and retried (empty ones always are).")
+@opt("--max-response-chars", type=click.IntRange(min=1),
+     help="Fail a row whose answer grows past this many characters.")
+@opt("--max-outage", type=click.FloatRange(min=0), default=600.0, show_default=True,
+     help="Seconds to wait for a failing or sleeping endpoint before stopping with exit 4.")
 @opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
      help="Attempts per row, the first included.")
 @opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -142,6 +162,10 @@ def run_command(input_path: str, **o: Any) -> None:
                        keep=tuple(o["keep"]))
     except (ConfigError, ModelNotFoundError) as exc:
         raise click.UsageError(str(exc)) from None
+    try:
+        deadline = seconds_until(o["deadline"]) if o["deadline"] else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--deadline") from None
     output = o["output"] or default_output_path(input_path)
     options = RunOptions(
         input=input_path,
@@ -150,7 +174,7 @@ def run_command(input_path: str, **o: Any) -> None:
         input_format=o["input_format"],
         output_format=o["output_format"],
         spec=spec,
-        url=o["url"],
+        urls=tuple(dict.fromkeys(o["urls"])),
         model=Qwen_Qwen_2_72B.get_model(o["model"]),
         concurrency=o["concurrency"],
         max_attempts=o["max_attempts"],
@@ -167,6 +191,12 @@ def run_command(input_path: str, **o: Any) -> None:
         max_record_bytes=o["max_record_bytes"],
         retry_base_delay=o["retry_delay"],
         retry_max_delay=o["retry_max_delay"],
+        adaptive=not o["fixed_concurrency"],
+        min_chars=o["min_chars"],
+        deadline=deadline,
+        grace=o["grace"],
+        max_outage=o["max_outage"],
+        max_response_chars=o["max_response_chars"],
     )
     sys.exit(_execute(options))
 
@@ -217,7 +247,7 @@ def demo(input_path: str | None, output_dir: str | None, gradio: str, latency: f
         async with run_fake_space(config) as space:
             click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
             options = RunOptions(input=source, output=output, errors=default_errors_path(output),
-                                 url=space.url, concurrency=8, progress=sys.stderr.isatty(),
+                                 urls=(space.url,), concurrency=8, progress=sys.stderr.isatty(),
                                  retry_base_delay=0.05, retry_max_delay=0.5)
             outcome = await run(options)
         click.echo(outcome.summary.render(), err=True)

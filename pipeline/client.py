@@ -27,6 +27,7 @@ from .errors import (
     DiscoveryError,
     HTTPStatusError,
     IdleTimeoutError,
+    IncompleteResponseError,
     ProtocolError,
     QueueFullError,
     ReadTimeoutError,
@@ -282,6 +283,8 @@ class GradioQueueClient:
                 raise StreamDivergedError(
                     "the Space rewrote text it had already streamed; the final answer differs"
                 )
+            if not (tracker.final_text or "").strip():
+                raise IncompleteResponseError("the Space completed the job with an empty answer")
             if not streaming:
                 yield tracker.final_text or ""
         except (aiohttp.ClientError, OSError) as exc:

@@ -22,7 +22,9 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
-def load_config(path: str, command: str, known: Iterable[str]) -> dict[str, Any]:
+def load_config(
+    path: str, command: str, known: Iterable[str] | Mapping[str, str]
+) -> dict[str, Any]:
     """Read ``path`` and return the values for ``command`` keyed by parameter name.
 
     Keys may sit at the top level or in a ``[command]`` table (the table wins),
@@ -35,7 +37,10 @@ def load_config(path: str, command: str, known: Iterable[str]) -> dict[str, Any]
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    names = set(known)
+    # ``known`` maps each accepted key (an option's long name) to its parameter name.
+    aliases = dict(known) if isinstance(known, Mapping) else {n: n for n in known}
+    names = {k.replace("-", "_") for k in aliases}
+    target = {k.replace("-", "_"): v for k, v in aliases.items()}
     values: dict[str, Any] = {}
     tables = {k for k, v in raw.items() if isinstance(v, Mapping)}
     # Table names, like keys, may be spelled with dashes or underscores: [fake_space]
@@ -55,7 +60,7 @@ def load_config(path: str, command: str, known: Iterable[str]) -> dict[str, Any]
                     f"config file {path}: unknown option {key!r} for {command!r}; "
                     f"known: {', '.join(sorted(n.replace('_', '-') for n in names))}"
                 )
-            values[name] = value
+            values[target[name]] = value
     for table in tables - set(own):
         if _norm(table) not in ("run", "check", "demo", "fake_space"):
             raise ConfigError(f"config file {path}: unknown table [{table}]")

@@ -24,6 +24,8 @@ again with a fresh session hash, may reasonably succeed.
         ├── ServerError               unexpected_error message from the server  [yes]
         ├── AppError                  process_completed success:false           [yes]
         ├── CancelledJobError         the server reports the job as cancelled   [yes]
+        ├── IncompleteResponseError   empty, too short, or still generating     [yes]
+        ├── SpaceUnavailableError     the Space is sleeping, building or gone   [waking: yes]
         ├── ProtocolError             bad JSON or a message of the wrong shape  [yes]
         │   └── StreamDivergedError   streamed text is not a prefix of the final answer
         ├── ResponseTooLargeError     the answer exceeds the configured cap     [no]
@@ -170,6 +172,27 @@ class CancelledJobError(RequestError):
     """The server completed the job as cancelled (no output)."""
 
     error_type = "cancelled"
+
+
+class IncompleteResponseError(RequestError):
+    """The job completed, but the answer is empty, too short, or marked still generating."""
+
+    error_type = "incomplete"
+
+
+class SpaceUnavailableError(RequestError):
+    """The Hugging Face host says the Space is not running.
+
+    ``state`` is what it said: ``sleeping`` or ``building`` (it will come back:
+    retryable) or ``error``/``gone`` (a runtime error or a deleted Space: not).
+    """
+
+    error_type = "space_unavailable"
+
+    def __init__(self, message: str, *, state: str, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.state = state
+        self.retryable = state in ("sleeping", "building")
 
 
 class ProtocolError(RequestError):

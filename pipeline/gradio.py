@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import (
     AppError,
     CancelledJobError,
+    IncompleteResponseError,
     ProtocolError,
     QueueFullError,
     ServerError,
@@ -28,12 +30,28 @@ _HIDDEN_ERROR = (
     "the Space's function raised an error and hides its details (success:false, error:null)"
 )
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 80, 80
+
+
+def _short(value: Any) -> str:
+    """A bounded repr of a server-sent value for error messages (no deep recursion)."""
+    return _REPR.repr(value)
+
+
+def _copy(value: Any) -> Any:
+    """Deep-copy a decoded JSON value; one nested too deeply is a protocol error."""
+    try:
+        return copy.deepcopy(value)
+    except RecursionError:
+        raise ProtocolError("message value is nested too deeply") from None
+
 
 def parse_message(data: str) -> dict[str, Any]:
     """Decode one ``data:`` payload into a message dict with a string ``msg``."""
     try:
         message = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ProtocolError(f"event data is not JSON ({exc}): {data[:120]!r}") from None
     if not isinstance(message, dict) or not isinstance(message.get("msg"), str):
         raise ProtocolError(f"event data is not a Gradio message: {data[:120]!r}")
@@ -44,31 +62,36 @@ def _step(target: Any, key: Any) -> Any:
     try:
         return target[key]
     except (IndexError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"diff path step {key!r} not found ({exc!r})") from None
+        raise ProtocolError(
+            f"diff path step {_short(key)} not found ({type(exc).__name__})"
+        ) from None
 
 
 def apply_diff(value: Any, diff: Any, *, in_place: bool = False) -> Any:
     """Apply a list of ``[op, path, value]`` edits, in order, and return the result.
 
-    Works on a deep copy unless ``in_place`` (for state the caller owns alone).
-    Ops: ``replace`` sets, ``append`` concatenates (``+=``), ``add`` inserts into a
-    list or sets a dict key, ``delete`` removes. An empty path means the root.
+    Unless ``in_place`` (for state the caller owns alone) it works on deep copies
+    and changes neither ``value`` nor ``diff``. Ops: ``replace`` sets, ``append``
+    concatenates (``+=``), ``add`` inserts into a list or sets a dict key,
+    ``delete`` removes. An empty path means the root.
     """
     if not isinstance(diff, list):
         raise ProtocolError(f"diff must be a list of edits, got {type(diff).__name__}")
     if not in_place:
-        value = copy.deepcopy(value)
+        value = _copy(value)
     for edit in diff:
         if not isinstance(edit, (list, tuple)) or len(edit) != 3 or not isinstance(edit[1], list):
-            raise ProtocolError(f"malformed diff edit: {edit!r}")
+            raise ProtocolError(f"malformed diff edit: {_short(edit)}")
         action, path, new = edit
+        if not in_place:
+            new = _copy(new)  # later edits may change what this one inserts
         if not path:
             if action == "replace":
                 value = new
             elif action == "append":
                 value = _concat(value, new)
             else:
-                raise ProtocolError(f"diff op {action!r} needs a non-empty path")
+                raise ProtocolError(f"diff op {_short(action)} needs a non-empty path")
             continue
         parent = value
         for key in path[:-1]:
@@ -87,16 +110,18 @@ def apply_diff(value: Any, diff: Any, *, in_place: bool = False) -> Any:
             elif action == "delete":
                 del parent[last]
             else:
-                raise ProtocolError(f"unknown diff op {action!r}")
-        except (IndexError, KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"diff op {action!r} at {path!r} failed ({exc!r})") from None
+                raise ProtocolError(f"unknown diff op {_short(action)}")
+        except (IndexError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(
+                f"diff op {_short(action)} at {_short(path)} failed ({type(exc).__name__})"
+            ) from None
     return value
 
 
 def _concat(old: Any, new: Any) -> Any:
     try:
         return old + new
-    except TypeError:
+    except (TypeError, OverflowError):  # OverflowError: a float plus a huge int
         raise ProtocolError(
             f"cannot append {type(new).__name__} to {type(old).__name__}"
         ) from None
@@ -139,7 +164,7 @@ def answer_from_history(history: Any) -> str | None:
             if bot is None:
                 return None
             return bot if isinstance(bot, str) else _message_text(bot)
-        raise ProtocolError(f"unrecognised chatbot history item: {item!r:.120}")
+        raise ProtocolError(f"unrecognised chatbot history item: {_short(item)}")
     return None
 
 
@@ -198,13 +223,17 @@ class EventTracker:
             rank, size, eta = message.get("rank"), message.get("queue_size"), message.get("rank_eta")
             self.queue_rank = rank if isinstance(rank, int) else None
             self.queue_size = size if isinstance(size, int) else None
-            self.queue_eta = float(eta) if isinstance(eta, (int, float)) else None
+            try:
+                self.queue_eta = float(eta) if isinstance(eta, (int, float)) else None
+            except OverflowError:  # an int too large for a float
+                self.queue_eta = None
             return ""
         if kind == "process_starts":
             self.started = True
             return ""
         if kind == "unexpected_error":
-            raise ServerError(f"server reported: {message.get('message') or 'unexpected error'}")
+            text = message.get("message") or "unexpected error"
+            raise ServerError(f"server reported: {text if isinstance(text, str) else _short(text)}")
         if kind == "queue_full":
             raise QueueFullError("queue is full (in-stream queue_full)", status=503)
         if kind in ("send_data", "send_hash"):
@@ -222,7 +251,7 @@ class EventTracker:
         if not isinstance(data, list):
             raise ProtocolError("process_generating without output.data")
         if self._outputs is None or not self._diffs:
-            self._outputs = copy.deepcopy(data)
+            self._outputs = _copy(data)
         else:
             if len(data) != len(self._outputs):
                 raise ProtocolError("diff message has a different number of outputs")
@@ -250,10 +279,14 @@ class EventTracker:
             raise ProtocolError("process_completed without an output object")
         if message.get("success") is False or "error" in output:
             error = output.get("error")
-            raise AppError(str(error) if error else _HIDDEN_ERROR)
+            raise AppError(
+                (error if isinstance(error, str) else _short(error)) if error else _HIDDEN_ERROR
+            )
         data = output.get("data")
         if data is None:
             raise CancelledJobError("the server completed the job as cancelled (no output)")
+        if output.get("is_generating") is True:
+            raise IncompleteResponseError("the job completed while marked still generating")
         answer = self._answer(data)
         self.final_text = answer if answer is not None else ""
         return self._advance(self.final_text)

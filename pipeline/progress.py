@@ -36,7 +36,8 @@ class Progress:
             self._failed += 1
         if self._bar is not None:
             self._bar.set_postfix(ok=self._ok, failed=self._failed,
-                                  in_flight=self._state.in_flight, refresh=False)
+                                  in_flight=self._state.in_flight,
+                                  conc=self._state.concurrency, refresh=False)
             self._bar.update(1)
 
     def close(self) -> None:

@@ -11,25 +11,30 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from .errors import EndpointDownError, RequestError, ResponseTooLargeError
+from .endpoints import Completer, Endpoint, EndpointPool
+from .errors import (
+    EndpointDownError,
+    HTTPStatusError,
+    IncompleteResponseError,
+    QueueFullError,
+    RequestError,
+    ResponseTooLargeError,
+    ServerError,
+    TimeoutError_,
+)
+from .limits import AdaptiveLimit, RateLimiter
 from .models import Completion, Failure, PromptRow, RequestTrace, Result, Success
 from .retry import RetryPolicy
+
+__all__ = ["BatchSettings", "BatchState", "Completer", "run_batch"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "qwen-qwen2-72b-instruct"
-
-
-class Completer(Protocol):
-    """Anything that answers one prompt; :class:`~pipeline.client.GradioQueueClient` does."""
-
-    async def complete(
-        self, prompt: str, system: str | None = None, *, trace: RequestTrace | None = None
-    ) -> Completion: ...
 
 
 def _fresh_trace() -> RequestTrace:
@@ -38,9 +43,23 @@ def _fresh_trace() -> RequestTrace:
     return RequestTrace(new_session_hash())
 
 
+def _overload(error: BaseException) -> bool:
+    """Errors that mean "too much in flight": the adaptive limit is cut on these."""
+    if isinstance(error, (QueueFullError, TimeoutError_, ServerError)):
+        return True
+    return isinstance(error, HTTPStatusError) and error.status in (429, 502, 503, 504)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchSettings:
-    """Knobs of one batch run. ``rate`` caps request starts per second (retries included)."""
+    """Knobs of one batch run.
+
+    ``concurrency`` is the ceiling of requests in flight; with ``adaptive`` the
+    run stays below it as the Space's queue demands. ``rate`` caps request starts
+    per second (retries included). ``deadline`` (seconds from the start) stops
+    new requests; those in flight get ``grace`` seconds more, then are cancelled.
+    ``failure_threshold``/``max_outage`` tune the endpoints' circuit breakers.
+    """
 
     concurrency: int = 4
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -49,6 +68,13 @@ class BatchSettings:
     model: str = DEFAULT_MODEL
     max_consecutive_failures: int = 20
     seed: int | None = None
+    adaptive: bool = True
+    min_chars: int = 1
+    deadline: float | None = None
+    grace: float = 60.0
+    failure_threshold: int = 5
+    probe_cooldown: float = 2.0
+    max_outage: float = 600.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -59,26 +85,8 @@ class BatchSettings:
             raise ValueError("rate must be positive")
 
 
-class _RateLimiter:
-    """Spaces request starts at least ``1/rate`` seconds apart."""
-
-    def __init__(self, rate: float | None) -> None:
-        self._interval = 1.0 / rate if rate else 0.0
-        self._next = 0.0
-
-    async def wait(self) -> None:
-        if not self._interval:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next)
-        self._next = start + self._interval
-        if start > now:
-            await asyncio.sleep(start - now)
-
-
 class BatchState:
-    """Live counters of a run, for progress bars and the endpoint-down check."""
+    """Live counters of a run, for progress bars, summaries and the endpoint-down check."""
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -86,7 +94,16 @@ class BatchState:
         self.failed = 0
         self.retries = 0
         self.consecutive_failures = 0
+        self.unfinished = 0
+        self.deadline_hit = False
         self.down_reason: str | None = None
+        self.limit: AdaptiveLimit | None = None
+        self.pool: EndpointPool | None = None
+
+    @property
+    def concurrency(self) -> int | None:
+        """The current adaptive concurrency level."""
+        return self.limit.level if self.limit is not None else None
 
 
 async def _aiter(rows: Iterable[PromptRow | Failure] | AsyncIterable[PromptRow | Failure]
@@ -101,7 +118,7 @@ async def _aiter(rows: Iterable[PromptRow | Failure] | AsyncIterable[PromptRow |
 
 async def run_batch(
     rows: Iterable[PromptRow | Failure] | AsyncIterable[PromptRow | Failure],
-    completer: Completer,
+    completer: Completer | Sequence[Completer] | EndpointPool,
     settings: BatchSettings | None = None,
     *,
     stop: asyncio.Event | None = None,
@@ -116,34 +133,78 @@ async def run_batch(
     input. Setting ``stop`` ends the run early: no new requests start, those in
     flight are cancelled (their rows are not yielded), and the generator returns.
     When the endpoint keeps failing, the run stops the same way and
-    :class:`EndpointDownError` is raised after the last result.
+    :class:`EndpointDownError` is raised after the last result. Several
+    completers (endpoints) share the work by health and speed. Rows left undone
+    (deadline, stop) are counted in ``state.unfinished``.
     """
     settings = settings or BatchSettings()
     state = state or BatchState()
     stop = stop or asyncio.Event()
-    semaphore = asyncio.Semaphore(settings.concurrency)
-    limiter = _RateLimiter(settings.rate)
+    drain = asyncio.Event()  # the deadline passed: start nothing new
+    loop = asyncio.get_running_loop()
+    if isinstance(completer, EndpointPool):
+        pool = completer
+    else:
+        completers = list(completer) if isinstance(completer, Sequence) else [completer]
+        pool = EndpointPool(completers, failure_threshold=settings.failure_threshold,
+                            cooldown=settings.probe_cooldown, max_outage=settings.max_outage)
+    limit = AdaptiveLimit(settings.concurrency, adaptive=settings.adaptive)
+    state.limit, state.pool = limit, pool
+    rate = RateLimiter(settings.rate)
     rng = random.Random(settings.seed)
     window = 2 * settings.concurrency
     queued: deque[tuple[PromptRow, int]] = deque()
-    pending: set[asyncio.Task[Result]] = set()
+    pending: set[asyncio.Task[Result | None]] = set()
     source = _aiter(rows)
     exhausted = False
 
-    async def job(row: PromptRow, sample: int) -> Result:
+    async def attempt_once(row: PromptRow, trace: RequestTrace) -> Completion:
+        endpoint: Endpoint | None = None
+        error: BaseException | None = None
+        try:
+            endpoint = await pool.acquire()
+            state.in_flight += 1
+            try:
+                completion = await endpoint.completer.complete(row.prompt, row.system, trace=trace)
+            finally:
+                state.in_flight -= 1
+            if len(completion.text.strip()) < settings.min_chars:
+                raise IncompleteResponseError(
+                    f"answer of {len(completion.text.strip())} characters, "
+                    f"under the minimum of {settings.min_chars}")
+            return completion
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if endpoint is not None and not isinstance(error, asyncio.CancelledError):
+                pool.release(endpoint, error, trace.duration_ms)
+            elif endpoint is not None:
+                endpoint.in_flight -= 1
+                endpoint.probing = False
+
+    async def job(row: PromptRow, sample: int) -> Result | None:
         attempt = 0
+        trace: RequestTrace | None = None
         while True:
             attempt += 1
-            trace = _fresh_trace()  # a new session hash for every attempt
             try:
-                async with semaphore:
-                    await limiter.wait()
-                    state.in_flight += 1
-                    try:
-                        completion = await completer.complete(row.prompt, row.system, trace=trace)
-                    finally:
-                        state.in_flight -= 1
+                async with limit:
+                    if drain.is_set() or stop.is_set():
+                        state.unfinished += 1
+                        return None  # left for the next run
+                    await rate.wait()
+                    trace = _fresh_trace()  # a new session hash for every attempt
+                    completion = await attempt_once(row, trace)
+                limit.on_success(completion.trace.queue_rank)
+            except EndpointDownError as error:
+                state.down_reason = str(error)
+                stop.set()
+                state.unfinished += 1
+                return None
             except RequestError as error:
+                if _overload(error):
+                    limit.on_overload()
                 if settings.policy.should_retry(error, attempt) and not stop.is_set():
                     delay = settings.policy.delay(error, attempt, rng)
                     state.retries += 1
@@ -167,19 +228,24 @@ async def run_batch(
             state.failed += 1
             if result.error_type != ResponseTooLargeError.error_type:
                 state.consecutive_failures += 1
-            if result.error_type in ("discovery", "invalid_endpoint"):
-                state.down_reason = result.error
-            elif state.consecutive_failures >= settings.max_consecutive_failures:
+            if state.consecutive_failures >= settings.max_consecutive_failures:
                 state.down_reason = (
                     f"{state.consecutive_failures} rows failed in a row; last: {result.error}"
                 )
-            if state.down_reason:
                 stop.set()
 
+    def on_deadline() -> None:
+        state.deadline_hit = True
+        drain.set()
+        log.warning("deadline reached: no new requests; %d in flight get %.0f s to finish",
+                    state.in_flight, settings.grace)
+        loop.call_later(settings.grace, stop.set)
+
+    timer = loop.call_later(settings.deadline, on_deadline) if settings.deadline is not None else None
     stopper: asyncio.Task[Any] = asyncio.ensure_future(stop.wait())
     try:
         while True:
-            while not stop.is_set() and len(pending) < window:
+            while not stop.is_set() and not drain.is_set() and len(pending) < window:
                 if queued:
                     row, sample = queued.popleft()
                     pending.add(asyncio.create_task(job(row, sample)))
@@ -207,6 +273,8 @@ async def run_batch(
                     if isinstance(result, (Success, Failure)):
                         note(result)
                         yield result
+                    elif isinstance(result, asyncio.CancelledError):
+                        state.unfinished += 1
                 break
             done, _ = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -214,9 +282,14 @@ async def run_batch(
                     continue
                 pending.discard(task)
                 result = task.result()
+                if result is None:
+                    continue
                 note(result)
                 yield result
     finally:
+        if timer is not None:
+            timer.cancel()
+        state.unfinished += sum(1 for _ in queued)
         stopper.cancel()
         # Closed early by the consumer: leave no request running behind its back.
         for task in pending:

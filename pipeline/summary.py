@@ -62,6 +62,9 @@ class RunSummary:
     output: str = ""
     errors_file: str = ""
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    deadline_hit: bool = False
+    concurrency: dict[str, Any] = field(default_factory=dict)
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
     latency: Reservoir = field(default_factory=Reservoir)
     ttft: Reservoir = field(default_factory=Reservoir)
     queue: Reservoir = field(default_factory=Reservoir)
@@ -79,6 +82,17 @@ class RunSummary:
         else:
             self.failed += 1
         self.errors_by_type[result.error_type] = self.errors_by_type.get(result.error_type, 0) + 1
+
+    def note_state(self, state: Any) -> None:
+        """Copy the run's concurrency trace and endpoint health from a BatchState."""
+        self.deadline_hit = bool(state.deadline_hit)
+        limit = state.limit
+        if limit is not None:
+            self.concurrency = {"ceiling": limit.ceiling, "final": limit.level,
+                                "lowest": limit.lowest, "cuts": limit.cuts,
+                                "adaptive": limit.adaptive, "trace": list(limit.history)}
+        if state.pool is not None:
+            self.endpoints = state.pool.report()
 
     def to_dict(self) -> dict[str, Any]:
         def pct(r: Reservoir) -> dict[str, float | None]:
@@ -99,6 +113,9 @@ class RunSummary:
             "ttft_ms": pct(self.ttft),
             "queue_ms": pct(self.queue),
             "errors_by_type": dict(sorted(self.errors_by_type.items())),
+            "deadline_hit": self.deadline_hit,
+            "concurrency": self.concurrency,
+            "endpoints": self.endpoints,
             "output": self.output,
             "errors_file": self.errors_file,
         }
@@ -130,6 +147,14 @@ class RunSummary:
         ]
         if self.remaining is not None:
             lines.append(f"  remaining   {self.remaining} (left for the next run)")
+        if self.concurrency:
+            c = self.concurrency
+            lines.append(f"  concurrency {c['final']} of {c['ceiling']} at the end, lowest "
+                         f"{c['lowest']}, {c['cuts']} cuts" + ("" if c["adaptive"] else " (fixed)"))
+        if len(self.endpoints) > 1:
+            for ep in self.endpoints:
+                lines.append(f"  endpoint    {ep['url']}: {ep['served']} served, "
+                             f"{ep['failed']} failed, {ep['state']}")
         rate = d["throughput_per_s"]
         lines += [
             f"  latency     {ms(d['latency_ms'])}",

@@ -137,7 +137,8 @@ def test_to_json_has_the_documented_keys() -> None:
     assert set(data) == {
         "succeeded", "failed", "input_errors", "skipped_already_done", "retries", "remaining",
         "interrupted", "endpoint_down", "elapsed_s", "throughput_per_s", "latency_ms",
-        "ttft_ms", "queue_ms", "errors_by_type", "output", "errors_file",
+        "ttft_ms", "queue_ms", "errors_by_type", "output", "errors_file", "deadline_hit",
+        "concurrency", "endpoints",
     }
     assert data["succeeded"] == 4 and data["failed"] == 3 and data["input_errors"] == 2
     assert data["skipped_already_done"] == 5 and data["retries"] == 7

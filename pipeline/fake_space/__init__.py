@@ -20,7 +20,8 @@ first N attempts with that exact prompt fail) or at random by
 * ``unexpected_error``: after about half the chunks, "Server stopped unexpectedly."
   then the connection drops;
 * ``stall``: one chunk, then only heartbeats until the client cancels or leaves;
-* ``bad_json``: a data line that is not JSON after the first chunk, then normal.
+* ``bad_json``: a data line that is not JSON after the first chunk, then normal;
+* ``empty``: the job completes normally but with an empty answer.
 
 Run one from a shell with ``python -m pipeline.fake_space --port 7860``.
 """

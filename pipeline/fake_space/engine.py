@@ -361,7 +361,7 @@ class Engine:
                 st.completed += 1
                 return
             fault = job.fault
-            answer = fake_answer(job.query, job.system)
+            answer = "" if fault == "empty" else fake_answer(job.query, job.system)
             pieces = split_text(answer, cfg.chunks)
             n = len(pieces)
             if fault in ("cut", "unexpected_error"):

@@ -13,7 +13,7 @@ from typing import Any
 
 #: Faults the fake Space can inject (see the package docstring for what each does).
 FAULT_NAMES: frozenset[str] = frozenset(
-    {"queue_full", "cut", "app_error", "unexpected_error", "stall", "bad_json"}
+    {"queue_full", "cut", "app_error", "unexpected_error", "stall", "bad_json", "empty"}
 )
 
 # `[fault:NAME]` or `[fault:NAME:N]` anywhere in the prompt text.

@@ -1,0 +1,180 @@
+"""Several endpoints of the same app, each behind a circuit breaker.
+
+Requests go to the healthy endpoint that is expected to answer soonest
+(``(in flight + 1) * average latency``). An endpoint that fails several times in
+a row is benched (its circuit opens), probed with one request after a cooldown
+that doubles on every failed probe, and put back when a probe succeeds. When
+every endpoint has been out for longer than ``max_outage`` (or is gone for good),
+:meth:`EndpointPool.acquire` raises :class:`~pipeline.errors.EndpointDownError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from .errors import (
+    DiscoveryError,
+    EndpointDownError,
+    HTTPStatusError,
+    InvalidEndpointError,
+    QueueFullError,
+    ServerError,
+    SpaceUnavailableError,
+    TimeoutError_,
+    TransportError,
+)
+from .models import Completion, RequestTrace
+
+log = logging.getLogger(__name__)
+
+State = Literal["closed", "open", "half_open", "gone"]
+
+
+class Completer(Protocol):
+    """Anything that answers one prompt; :class:`~pipeline.client.GradioQueueClient` does."""
+
+    async def complete(
+        self, prompt: str, system: str | None = None, *, trace: RequestTrace | None = None
+    ) -> Completion: ...
+_EWMA = 0.2
+
+
+def endpoint_failure(error: BaseException) -> Literal["gone", "down", None]:
+    """Whether ``error`` says the endpoint is gone, down, or (None) that only the row failed."""
+    if isinstance(error, (DiscoveryError, InvalidEndpointError)):
+        return "gone"
+    if isinstance(error, SpaceUnavailableError):
+        return "down" if error.retryable else "gone"
+    if isinstance(error, QueueFullError):
+        return None  # alive and busy: concurrency control handles it
+    if isinstance(error, HTTPStatusError):
+        return "down" if error.status >= 500 or error.status == 429 else None
+    if isinstance(error, (TransportError, TimeoutError_, ServerError)):
+        return "down"
+    return None
+
+
+@dataclass
+class Endpoint:
+    """One deployment and what we know of its health."""
+
+    completer: Completer
+    url: str
+    state: State = "closed"
+    failures: int = 0
+    cooldown: float = 0.0
+    open_until: float = 0.0
+    outage_since: float | None = None
+    probing: bool = False
+    in_flight: int = 0
+    ewma_ms: float | None = None
+    served: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+    def score(self) -> float:
+        return (self.in_flight + 1) * (self.ewma_ms or 1000.0)
+
+
+class EndpointPool:
+    """Chooses an endpoint per attempt and keeps each one's circuit breaker."""
+
+    def __init__(
+        self,
+        completers: Sequence[Completer],
+        urls: Sequence[str] | None = None,
+        *,
+        failure_threshold: int = 5,
+        cooldown: float = 2.0,
+        max_cooldown: float = 60.0,
+        max_outage: float = 600.0,
+    ) -> None:
+        if not completers:
+            raise ValueError("at least one endpoint is needed")
+        names = list(urls) if urls else [str(getattr(c, "display_url", i))
+                                         for i, c in enumerate(completers)]
+        self.endpoints = [Endpoint(c, u) for c, u in zip(completers, names)]
+        self.failure_threshold = failure_threshold
+        self.base_cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.max_outage = max_outage
+        self._changed = asyncio.Event()
+
+    async def acquire(self) -> Endpoint:
+        """The endpoint for the next attempt; waits while every circuit is open."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            closed = []
+            for ep in self.endpoints:
+                if ep.state == "open" and now >= ep.open_until:
+                    ep.state = "half_open"
+                if ep.state == "half_open" and not ep.probing:
+                    ep.probing = True  # this attempt is the probe
+                    ep.in_flight += 1
+                    return ep
+                if ep.state == "closed":
+                    closed.append(ep)
+            if closed:
+                best = min(closed, key=Endpoint.score)
+                best.in_flight += 1
+                return best
+            alive = [ep for ep in self.endpoints if ep.state != "gone"]
+            if not alive:
+                raise EndpointDownError("every endpoint is gone: " + "; ".join(
+                    f"{ep.url}: {ep.last_error}" for ep in self.endpoints))
+            since = min(ep.outage_since if ep.outage_since is not None else now for ep in alive)
+            if now - since > self.max_outage:
+                raise EndpointDownError(
+                    f"no endpoint has worked for {now - since:.0f} s; last errors: "
+                    + "; ".join(f"{ep.url}: {ep.last_error}" for ep in alive))
+            wake = min((ep.open_until for ep in alive if ep.state == "open"), default=now + 1.0)
+            wake = min(wake, since + self.max_outage + 0.01)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, wake - now))
+            except asyncio.TimeoutError:
+                pass  # time to probe (or to give up)
+
+    def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> None:
+        """Report how an attempt on ``ep`` ended."""
+        ep.in_flight -= 1
+        probe, ep.probing = ep.probing and ep.state == "half_open", False
+        kind = endpoint_failure(error) if error is not None else None
+        if error is None or kind is None:
+            if error is None:
+                ep.served += 1
+                if duration_ms is not None:
+                    ep.ewma_ms = duration_ms if ep.ewma_ms is None else (
+                        (1 - _EWMA) * ep.ewma_ms + _EWMA * duration_ms)
+            if ep.state != "closed":
+                log.warning("endpoint %s is back", ep.url)
+            ep.state, ep.failures, ep.cooldown, ep.outage_since = "closed", 0, 0.0, None
+            self._changed.set()
+            return
+        ep.failed += 1
+        ep.failures += 1
+        ep.last_error = f"{type(error).__name__}: {error}"
+        now = asyncio.get_running_loop().time()
+        if kind == "gone":
+            ep.state = "gone"
+            log.error("endpoint %s is gone: %s", ep.url, error)
+        elif probe or ep.state == "half_open" or ep.failures >= self.failure_threshold:
+            hint = getattr(error, "retry_after", None)
+            ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2, hint or 0.0))
+            if ep.state == "closed":
+                ep.outage_since = now
+                log.warning("endpoint %s benched after %d failures in a row (%s); probing in %.0f s",
+                            ep.url, ep.failures, ep.last_error, ep.cooldown)
+            ep.state, ep.open_until = "open", now + ep.cooldown
+        self._changed.set()
+
+    def report(self) -> list[dict[str, object]]:
+        """Per-endpoint counters for the summary."""
+        return [{"url": ep.url, "state": ep.state, "served": ep.served, "failed": ep.failed,
+                 "avg_ms": round(ep.ewma_ms, 1) if ep.ewma_ms is not None else None}
+                for ep in self.endpoints]
