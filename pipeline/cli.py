@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .app import EXIT_FAILURE, EXIT_USAGE, RunOptions, run
+from .app import EXIT_ENDPOINT_DOWN, EXIT_FAILURE, EXIT_USAGE, RunOptions, run
 from .client import DEFAULT_URL, Timeouts
 from .config import env_name, load_config
 from .durations import seconds_until
@@ -63,6 +63,18 @@ def opt(*decls: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(*decls, **kwargs)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to whatever ``sys.stderr`` is at the time (tests swap it), never to stdout."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        """The stream is always the current stderr."""
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="qwen-batch")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
@@ -76,8 +88,13 @@ def main(verbose: int) -> None:
       qwen-batch run prompts.jsonl -o completions.jsonl
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -215,6 +232,38 @@ def _execute(options: RunOptions) -> int:
         return EXIT_FAILURE
     click.echo(outcome.summary.render(), err=True)
     return outcome.exit_code
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True,
+     help="Endpoint to check (repeatable).")
+@opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+     help="Seconds for the probe request, queue wait included.")
+@opt("--proxy", help="HTTP(S) proxy URL.")
+@opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"], help="Hugging Face token.")
+def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: str | None) -> None:
+    """Tell what an endpoint is and whether a batch would work against it.
+
+    Prints the Gradio version, protocol, API prefix, whether model_chat was
+    found, and the latency of one tiny request. Exit 0 when every endpoint
+    works, 4 when one would not.
+
+    \b
+    Example:
+      qwen-batch check --url https://qwen-qwen2-72b-instruct.hf.space
+    """
+    from .check import check_endpoint
+
+    timeouts = Timeouts(total=timeout, read=min(60.0, timeout), idle=min(120.0, timeout))
+
+    async def go() -> list[Any]:
+        return [await check_endpoint(url, timeouts=timeouts, proxy=proxy, hf_token=hf_token)
+                for url in dict.fromkeys(urls)]
+
+    reports = asyncio.run(go())
+    for report in reports:
+        click.echo(report.render())
+    sys.exit(0 if all(r.ok for r in reports) else EXIT_ENDPOINT_DOWN)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -33,10 +33,12 @@ from .errors import (
     ReadTimeoutError,
     RequestError,
     ResponseTooLargeError,
+    SpaceUnavailableError,
     StreamDivergedError,
     StreamEndedError,
 )
 from .gradio import EventTracker, parse_message
+from .hf_status import space_state
 from .http_errors import make_redactor, map_transport_error
 from .models import Completion, RequestTrace, utc_now
 from .prompts import DEFAULT_SYSTEM_PROMPT
@@ -124,6 +126,7 @@ class GradioQueueClient:
         self._owns_session = session is None
         self._info = space_info
         self._discover_lock = asyncio.Lock()
+        self._last_state: str | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._headers = {"User-Agent": USER_AGENT}
         if hf_token:
@@ -201,14 +204,15 @@ class GradioQueueClient:
                             "the Space is private or the HF token is not accepted",
                             status=resp.status,
                         )
+                    body = await resp.read()
                     if resp.status != 200:
+                        self._raise_if_unavailable(resp, body)
                         log.warning(
                             "%s/config answered HTTP %s; using the default Space layout",
                             self.display_url,
                             resp.status,
                         )
                         return DEFAULT_SPACE_INFO, resp.status == 404
-                    body = await resp.read()
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             error = map_transport_error(exc, self.redact)
             log.warning("cannot read %s/config (%s); using the default Space layout",
@@ -326,9 +330,28 @@ class GradioQueueClient:
             raise ProtocolError(f"queue/join answered without an event_id: {raw[:120]!r}")
         return event_id
 
+    def _raise_if_unavailable(self, resp: aiohttp.ClientResponse, raw: bytes) -> None:
+        """Raise SpaceUnavailableError when the Hugging Face host answered for the Space."""
+        text = raw[:4096].decode("utf-8", "replace")
+        state = space_state(resp.status, resp.headers.get("Content-Type", ""), text)
+        if state is None:
+            return
+        if state != self._last_state:
+            self._last_state = state
+            advice = {"sleeping": "waking it up; waiting for it",
+                      "building": "waiting for the build to finish",
+                      "error": "the Space has a runtime error: its owner must fix it",
+                      "gone": "no Space at this address"}[state]
+            log.warning("%s: the Space is %s (HTTP %s): %s", self.display_url, state,
+                        resp.status, advice)
+        raise SpaceUnavailableError(
+            f"HTTP {resp.status} from {self.display_url}: the Space is {state}",
+            state=state, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
+
     def _join_status_error(
         self, info: SpaceInfo, resp: aiohttp.ClientResponse, raw: bytes
     ) -> RequestError:
+        self._raise_if_unavailable(resp, raw)
         status = resp.status
         text = self.redact(raw[:300].decode("utf-8", "replace"))
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -366,6 +389,7 @@ class GradioQueueClient:
         ) as resp:
             if resp.status != 200:
                 raw = await resp.read()
+                self._raise_if_unavailable(resp, raw)
                 raise HTTPStatusError(
                     f"HTTP {resp.status} from {self.display_url} queue/data: "
                     + self.redact(raw[:300].decode("utf-8", "replace")),
@@ -404,8 +428,10 @@ class GradioQueueClient:
                                 f"answer longer than {self.max_answer_chars} characters"
                             )
                         yield delta
+                    if tracker.queue_rank is not None and (
+                            trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
+                        trace.queue_rank = tracker.queue_rank  # the deepest we waited
                     if tracker.done:
-                        trace.queue_rank = tracker.queue_rank
                         return
 
     def _info_prefix(self) -> str:

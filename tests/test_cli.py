@@ -352,3 +352,45 @@ def test_a_fixed_bad_line_leaves_the_errors_file(tmp_path: Path, threaded_space)
     (left,) = read_jsonl(errors_file)  # line 2 now works; line 3 is still bad
     assert left["id"] == "c" and "expected a string" in left["error"]
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "fix.completions.jsonl")) == ["1", "a"]
+
+
+def test_a_sleeping_space_is_waited_for(tmp_path: Path, threaded_space) -> None:
+    threaded_space.space.config.wake_after = 1.0
+    threaded_space.space.config.hf_state = "sleeping"
+    source = write_jsonl(tmp_path / "w.jsonl", prompts(6))
+    result = invoke("run", str(source), "--url", threaded_space.url, *FAST, "--max-outage", "20")
+    assert result.exit_code == 0, result.stderr
+    assert "the Space is sleeping" in result.stderr  # told, not silent
+    assert len(read_jsonl(tmp_path / "w.completions.jsonl")) == 6
+
+
+@pytest.mark.parametrize("state", ["gone", "error"])
+def test_a_gone_or_broken_space_stops_at_once_with_exit_4(tmp_path: Path, threaded_space, state) -> None:
+    threaded_space.space.config.hf_state = state
+    source = write_jsonl(tmp_path / "g.jsonl", prompts(30))
+    result = invoke("run", str(source), "--url", threaded_space.url, *FAST, "--max-outage", "60")
+    assert result.exit_code == 4, result.stderr
+    assert "gone" in result.stderr or state in result.stderr
+    assert threaded_space.space.stats.joins == 0
+
+
+def test_check_reports_a_working_endpoint(threaded_space) -> None:
+    result = invoke("check", "--url", threaded_space.url)
+    assert result.exit_code == 0, result.output
+    assert "gradio      4.44.1" in result.output and "sse_v3" in result.output
+    assert "model_chat  found, fn_index 0, tuples history" in result.output
+    assert "probe" in result.output and " ms" in result.output
+
+
+@pytest.mark.parametrize("setup", ["down", "gone", "unreachable"])
+def test_check_fails_with_exit_4(threaded_space, setup: str) -> None:
+    url = threaded_space.url
+    if setup == "down":
+        threaded_space.space.config.down = True
+    elif setup == "gone":
+        threaded_space.space.config.hf_state = "gone"
+    else:
+        url = "http://127.0.0.1:9"
+    result = invoke("check", "--url", url, "--timeout", "5")
+    assert result.exit_code == 4, result.output
+    assert result.stdout.startswith("FAIL") and "error" in result.stdout

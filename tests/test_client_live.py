@@ -244,3 +244,24 @@ async def test_cancelled_while_joining_still_cancels_the_accepted_job(space) -> 
     stats = space.space.stats
     assert stats.joins == 1
     assert stats.running == 0 and stats.cancelled + stats.abandoned == 1
+
+
+async def test_a_sleeping_space_is_recognised_then_wakes(space) -> None:
+    space.space.config.wake_after = 0.5
+    space.space.config.hf_state = "sleeping"
+    async with GradioQueueClient(space.url) as client:
+        with pytest.raises(errors.SpaceUnavailableError) as info:
+            await client.complete("hello")
+        assert info.value.state == "sleeping" and info.value.retryable
+        await asyncio.sleep(0.6)
+        assert (await client.complete("hello")).text == fake_answer("hello", DEFAULT_SYSTEM_PROMPT)
+
+
+@pytest.mark.parametrize(("state", "retryable"), [("building", True), ("error", False),
+                                                  ("gone", False)])
+async def test_space_states_are_typed(space, state: str, retryable: bool) -> None:
+    space.space.config.hf_state = state
+    async with GradioQueueClient(space.url) as client:
+        with pytest.raises(errors.SpaceUnavailableError) as info:
+            await client.complete("hello")
+    assert info.value.state == state and info.value.retryable is retryable

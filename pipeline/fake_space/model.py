@@ -31,8 +31,13 @@ MUTABLE_FIELDS: frozenset[str] = frozenset(
         "down",
         "track_prompts",
         "orphan_timeout",
+        "hf_state",
+        "wake_after",
     }
 )
+
+#: What the Hugging Face host may say instead of the app (see ``hf_state``).
+HF_STATES: frozenset[str] = frozenset({"running", "sleeping", "building", "error", "gone"})
 
 
 @dataclass
@@ -61,6 +66,11 @@ class FakeSpaceConfig:
     needs the count). Turn off for long benchmarks so memory stays flat."""
     orphan_timeout: float = 60.0
     """A session whose data stream is never opened is dropped after this many seconds."""
+    hf_state: str = "running"
+    """What the Hugging Face host says of the Space: ``running`` (the app answers),
+    ``sleeping`` (503 page; the first request wakes it after ``wake_after`` seconds),
+    ``building`` (503 page), ``error`` (503 "Runtime error" page) or ``gone`` (404)."""
+    wake_after: float = 1.0
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -74,6 +84,8 @@ class FakeSpaceConfig:
 
 def validate_config(cfg: FakeSpaceConfig) -> None:
     """Raise ValueError if ``cfg`` holds a value the fake Space cannot honour."""
+    if cfg.hf_state not in HF_STATES:
+        raise ValueError(f"hf_state must be one of {sorted(HF_STATES)}, not {cfg.hf_state!r}")
     if cfg.gradio_major not in (4, 6):
         raise ValueError(f"gradio_major must be 4 or 6, not {cfg.gradio_major!r}")
     if not isinstance(cfg.chunks, int) or isinstance(cfg.chunks, bool) or cfg.chunks < 1:

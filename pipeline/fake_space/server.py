@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +65,8 @@ class FakeSpace(Engine):
         super().__init__(config)
         self._config_cache: dict[str, bytes] = {}
         self.prefix = "/gradio_api" if self.config.gradio_major == 6 else ""
-        app = web.Application()
+        app = web.Application(middlewares=[self._hf_host])
+        self._wake_at: float | None = None
         p = self.prefix
         app.router.add_get("/config", self._h_config)
         app.router.add_post(p + "/queue/join", self._h_join)
@@ -79,6 +80,37 @@ class FakeSpace(Engine):
         self.app = app
 
     # HTTP handlers -------------------------------------------------------------
+
+    @web.middleware
+    async def _hf_host(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Answer like the Hugging Face host while the Space is not running.
+
+        The pages are stand-ins written for this fake (the real wording was not
+        available offline); qwen-batch recognises them by their key phrases.
+        """
+        state = self.config.hf_state
+        if state == "running" or request.path.startswith("/_fake/"):
+            return await handler(request)
+        if state == "sleeping":
+            now = asyncio.get_running_loop().time()
+            if self._wake_at is None:
+                self._wake_at = now + self.config.wake_after  # a request wakes it up
+            if now >= self._wake_at:
+                self.config.hf_state, self._wake_at = "running", None
+                return await handler(request)
+        pages = {
+            "sleeping": (503, "This Space is sleeping. It is starting up, please wait."),
+            "building": (503, "Building the Space. Please come back in a few minutes."),
+            "error": (503, "Runtime error: the Space crashed at start-up."),
+            "gone": (404, "404: Space not found."),
+        }
+        status, text = pages[state]
+        if state == "sleeping":
+            text = "This Space is sleeping. Waking it up, please wait."
+        return web.Response(status=status, content_type="text/html",
+                            text=f"<!doctype html><html><body><h1>{text}</h1></body></html>")
 
     async def _h_not_found(self, request: web.Request) -> web.Response:
         if self.config.down:  # the proxy answers for every path of a Space that is down

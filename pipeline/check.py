@@ -1,0 +1,71 @@
+"""``qwen-batch check``: what an endpoint is, and whether a batch would work against it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .client import GradioQueueClient, Timeouts, new_session_hash
+from .errors import RequestError
+from .models import RequestTrace
+
+PROBE_PROMPT = "Reply with the single word: OK"
+
+
+@dataclass
+class CheckReport:
+    """The findings for one endpoint; ``ok`` means a batch would work."""
+
+    url: str
+    ok: bool = False
+    discovered: bool = False
+    version: str | None = None
+    protocol: str | None = None
+    api_prefix: str | None = None
+    fn_index: int | None = None
+    history_format: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    answer: str | None = None
+    error: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        mark = "OK " if self.ok else "FAIL"
+        out = [f"{mark} {self.url}"]
+        if self.discovered:
+            out += [f"  gradio      {self.version or 'unknown version'}",
+                    f"  protocol    {self.protocol}",
+                    f"  api prefix  {self.api_prefix or '(root)'}",
+                    f"  model_chat  found, fn_index {self.fn_index}, {self.history_format} history"]
+        else:
+            out.append("  /config     not readable; assuming the real Space's layout")
+        if self.latency_ms is not None:
+            out.append(f"  probe       {self.latency_ms:.0f} ms (first text after "
+                       f"{self.ttft_ms or 0:.0f} ms): {self.answer!r}")
+        if self.error:
+            out.append(f"  error       {self.error}")
+        return "\n".join(out)
+
+
+async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = None,
+                         hf_token: str | None = None) -> CheckReport:
+    """Read the endpoint's config and time one tiny request."""
+    async with GradioQueueClient(url, proxy=proxy, hf_token=hf_token, timeouts=timeouts) as client:
+        report = CheckReport(client.display_url)
+        try:
+            info = await client.discover()
+            report.discovered = info.discovered
+            report.version, report.protocol = info.version, info.protocol
+            report.api_prefix, report.fn_index = info.api_prefix, info.fn_index
+            report.history_format = info.history_format
+            trace = RequestTrace(new_session_hash())
+            started = time.monotonic()
+            completion = await client.complete(PROBE_PROMPT, None, trace=trace)
+            report.latency_ms = (time.monotonic() - started) * 1000.0
+            report.ttft_ms = trace.ttft_ms
+            report.answer = completion.text[:80]
+            report.ok = True
+        except RequestError as exc:
+            report.error = f"{exc.error_type}: {exc}"
+    return report
