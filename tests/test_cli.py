@@ -394,3 +394,20 @@ def test_check_fails_with_exit_4(threaded_space, setup: str) -> None:
     result = invoke("check", "--url", url, "--timeout", "5")
     assert result.exit_code == 4, result.output
     assert result.stdout.startswith("FAIL") and "error" in result.stdout
+
+
+def test_response_and_record_size_caps(tmp_path: Path, threaded_space) -> None:
+    long_prompt = "x" * 400
+    source = write_jsonl(tmp_path / "caps.jsonl", [
+        {"id": "long-answer", "prompt": long_prompt}, {"id": "short", "prompt": "hi"},
+        {"id": "huge-row", "prompt": "y" * 5000}])
+    result = invoke("run", str(source), "--url", threaded_space.url, *FAST,
+                    "--max-response-chars", "300", "--max-record-bytes", "2000")
+    assert result.exit_code == 3
+    errors = {e["id"] or e["position"]: e for e in read_jsonl(tmp_path / "caps.completions.errors.jsonl")}
+    assert errors["long-answer"]["error_type"] == "response_too_large"
+    assert errors["long-answer"]["attempts"] == 1  # not retried: it would only grow again
+    assert "300 characters" in errors["long-answer"]["error"]
+    huge = next(e for e in errors.values() if e["position"] == 2)
+    assert huge["error_type"] == "input" and "2000" in huge["error"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "caps.completions.jsonl")] == ["short"]
