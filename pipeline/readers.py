@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,6 +29,8 @@ _FORMAT_NAMES: dict[str, Format] = {
 _SKIP_CHUNK = 64 * 1024  # how much of an oversized line is held at once while skipping it
 _BOM = b"\xef\xbb\xbf"
 _ARROW_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException)
+_MAX_FORMAT_WIDTH = 100_000  # widths/precisions in a template's format specs
+_SPEC_NUMBER = re.compile(r"[0-9]+")
 
 
 def detect_format(path: str, forced: str | None) -> Format:
@@ -112,10 +115,10 @@ def _iter_jsonl(
                 )
                 position += 1
                 continue
-            if not line.strip():
-                continue  # blank lines are allowed and take no position
             if lineno == 1 and line.startswith(_BOM):
                 line = line[len(_BOM):]  # tolerate a UTF-8 byte order mark, as editors write one
+            if not line.strip():
+                continue  # blank lines are allowed and take no position
             item = _parse_json_line(line, position, location)
             position += 1
             yield item
@@ -227,12 +230,16 @@ class RowSpec:
 
 def template_fields(template: str) -> list[str]:
     """The field names a template uses; raises ConfigError if it is not a safe template."""
+    return _template_fields(template, template, nested=False)
+
+
+def _template_fields(text: str, template: str, *, nested: bool) -> list[str]:
     names: list[str] = []
     try:
-        parsed = list(string.Formatter().parse(template))
+        parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise ConfigError(f"invalid template {template!r}: {exc}") from exc
-    for _, name, spec, _ in parsed:
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if name == "" or any(c in name for c in ".[]"):
@@ -240,9 +247,18 @@ def template_fields(template: str) -> list[str]:
                 f"invalid template field {{{name}}}: use plain names like {{prompt}} "
                 "(no positional fields, attributes or indexes)"
             )
+        if conversion not in (None, "r", "s", "a"):
+            raise ConfigError(
+                f"invalid template {template!r}: unknown conversion !{conversion} "
+                "(use !r, !s or !a)"
+            )
         names.append(name)
         if spec:
-            names.extend(template_fields(spec))
+            inner = _template_fields(spec, template, nested=True)
+            if nested and inner:
+                # str.format allows fields inside a format spec, but not inside theirs
+                raise ConfigError(f"invalid template {template!r}: fields nested too deeply")
+            names.extend(inner)
     return names
 
 
@@ -260,6 +276,15 @@ class _PlainFormatter(string.Formatter):
             raise _MissingField(field_name)
         return value, field_name
 
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        # A spec may come from the data ({text:{width}}): do not pad to gigabytes.
+        for number in _SPEC_NUMBER.findall(format_spec):
+            if len(number) > 9 or int(number) > _MAX_FORMAT_WIDTH:
+                raise ValueError(
+                    f"format spec {format_spec[:40]!r} is over {_MAX_FORMAT_WIDTH} characters"
+                )
+        return super().format_field(value, format_spec)
+
 
 class _MissingField(Exception):
     pass
@@ -274,7 +299,8 @@ def _render(template: str, values: Mapping[str, Any], location: str) -> str:
         raise InputError(
             f"missing field {field!r} (used by the template)", location=location, field=field
         ) from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # OverflowError: {n:f} on a huge int; RecursionError: str() of a deeply nested value
         raise InputError(
             f"cannot render the template: {exc}", location=location, field=formatter.current
         ) from None
@@ -307,6 +333,8 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
             messages_system, prompt = fold_messages(messages)
         except ValueError as exc:
             raise InputError(str(exc), location=location, field=field) from None
+        if not prompt.strip():
+            raise InputError("the messages hold an empty prompt", location=location, field=field)
         if system is None:
             system = messages_system
     else:

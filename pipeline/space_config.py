@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,15 +37,28 @@ DEFAULT_SPACE_INFO = SpaceInfo()
 """The real Space as last seen (Gradio 4.x, root paths): used when /config is unreachable."""
 
 
+def _int(value: Any) -> int | None:
+    """``value`` if it is a JSON integer (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a list; anything else counts as absent (an empty list)."""
+    return value if isinstance(value, list) else []
+
+
 def _history_format(config: Mapping[str, Any], chatbot: Mapping[str, Any] | None) -> HistoryFormat:
     props = chatbot.get("props") if chatbot else None
     declared = props.get("type") if isinstance(props, Mapping) else None
     if declared in ("tuples", "messages"):
         return "tuples" if declared == "tuples" else "messages"
     # Gradio 6 dropped tuples and the "type" prop along with them.
-    version = str(config.get("version") or "")
-    major = version.split(".", 1)[0]
-    return "messages" if major.isdigit() and int(major) >= 6 else "tuples"
+    version = config.get("version")
+    major = version.split(".", 1)[0] if isinstance(version, str) else ""
+    # isascii: "²".isdigit() is true but int() rejects it; len: int() caps digits too
+    if major.isascii() and major.isdigit() and len(major) < 10:
+        return "messages" if int(major) >= 6 else "tuples"
+    return "tuples"
 
 
 def parse_space_config(config: Any, api_name: str = "model_chat") -> SpaceInfo:
@@ -56,9 +70,9 @@ def parse_space_config(config: Any, api_name: str = "model_chat") -> SpaceInfo:
     if not isinstance(config, Mapping):
         raise DiscoveryError("the Space's /config is not a JSON object")
     protocol = config.get("protocol", "ws")
-    if protocol not in SUPPORTED_PROTOCOLS:
+    if not isinstance(protocol, str) or protocol not in SUPPORTED_PROTOCOLS:
         raise DiscoveryError(
-            f"the Space speaks Gradio protocol {protocol!r}; supported: "
+            f"the Space speaks Gradio protocol {reprlib.repr(protocol)}; supported: "
             + ", ".join(sorted(SUPPORTED_PROTOCOLS))
         )
     dependencies = config.get("dependencies")
@@ -68,23 +82,33 @@ def parse_space_config(config: Any, api_name: str = "model_chat") -> SpaceInfo:
     for index, dep in enumerate(dependencies):
         if not isinstance(dep, Mapping) or dep.get("api_name") != wanted:
             continue
-        fn_index = dep.get("id", index)
-        if not isinstance(fn_index, int):
-            raise DiscoveryError(f"dependency {wanted!r} has a non-integer id {fn_index!r}")
-        targets = dep.get("targets") or []
-        trigger_id = None
-        if targets and isinstance(targets[0], list) and isinstance(targets[0][0], int):
-            trigger_id = targets[0][0]
-        inputs, outputs = dep.get("inputs") or [], dep.get("outputs") or []
+        fn_index = _int(dep.get("id", index))
+        if fn_index is None:
+            raise DiscoveryError(
+                f"dependency {wanted!r} has a non-integer id {reprlib.repr(dep.get('id'))}"
+            )
+        # Malformed optional parts count as absent: the defaults below apply.
+        targets = _list(dep.get("targets"))
+        first_target = _list(targets[0]) if targets else []
+        trigger_id = _int(first_target[0]) if first_target else None
+        inputs, outputs = _list(dep.get("inputs")), _list(dep.get("outputs"))
         components = {
-            c.get("id"): c for c in config.get("components") or [] if isinstance(c, Mapping)
+            c["id"]: c
+            for c in _list(config.get("components"))
+            if isinstance(c, Mapping) and _int(c.get("id")) is not None
         }
-        chatbot_id = inputs[1] if len(inputs) > 1 else None
-        chatbot = components.get(chatbot_id)
-        chatbot_index = outputs.index(chatbot_id) if chatbot_id in outputs else 1
+        chatbot_id = _int(inputs[1]) if len(inputs) > 1 else None
+        chatbot = components.get(chatbot_id) if chatbot_id is not None else None
+        chatbot_index = 1
+        if chatbot_id is not None:
+            # not outputs.index(): True == 1, so a bool must not match an id
+            for position, output in enumerate(outputs):
+                if _int(output) == chatbot_id:
+                    chatbot_index = position
+                    break
         prefix = config.get("api_prefix") or ""
         if not isinstance(prefix, str):
-            raise DiscoveryError(f"api_prefix is not a string: {prefix!r}")
+            raise DiscoveryError(f"api_prefix is not a string: {reprlib.repr(prefix)}")
         version = config.get("version")
         return SpaceInfo(
             api_prefix=prefix.rstrip("/"),
@@ -93,7 +117,7 @@ def parse_space_config(config: Any, api_name: str = "model_chat") -> SpaceInfo:
             trigger_id=trigger_id,
             history_format=_history_format(config, chatbot),
             chatbot_index=chatbot_index,
-            version=str(version) if version is not None else None,
+            version=version if isinstance(version, str) else None,
             discovered=True,
         )
     raise DiscoveryError(f"the Space has no endpoint named {wanted!r}")

@@ -29,17 +29,19 @@ class SSEEvent:
 class SSEDecoder:
     """Incremental decoder: call :meth:`feed` with each chunk, :meth:`close` at EOF.
 
-    ``max_line_bytes`` bounds the memory one unterminated line may take; a longer
-    line raises :class:`~pipeline.errors.ProtocolError` instead of growing forever.
+    ``max_line_bytes`` bounds the memory one unterminated line, and one event's
+    data, may take; more raises :class:`~pipeline.errors.ProtocolError` instead of
+    growing forever.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_id", "_max_line", "_retry", "_skip_lf")
+    __slots__ = ("_buf", "_data", "_data_size", "_event", "_id", "_max_line", "_retry", "_skip_lf")
 
     def __init__(self, max_line_bytes: int | None = None) -> None:
         self._buf = b""
         self._skip_lf = False
         self._max_line = max_line_bytes
         self._data: list[str] = []
+        self._data_size = 0
         self._event = ""
         self._id: str | None = None
         self._retry: int | None = None
@@ -83,6 +85,7 @@ class SSEDecoder:
         """Signal end of stream. Per the spec an unterminated event is discarded."""
         self._buf = b""
         self._data = []
+        self._data_size = 0
         self._event = ""
         return []
 
@@ -93,6 +96,7 @@ class SSEDecoder:
                     SSEEvent("\n".join(self._data), self._event or "message", self._id, self._retry)
                 )
             self._data = []
+            self._data_size = 0
             self._event = ""
             return
         try:
@@ -106,6 +110,9 @@ class SSEDecoder:
             value = value[1:]
         if name == "data":
             self._data.append(value)
+            self._data_size += len(value)
+            if self._max_line is not None and self._data_size > self._max_line:
+                raise ProtocolError(f"server-sent event larger than {self._max_line} bytes")
         elif name == "event":
             self._event = value
         elif name == "id":

@@ -98,3 +98,10 @@ def test_line_longer_than_the_cap_is_refused() -> None:
     decoder.feed(b"data: " + b"x" * 50)
     with pytest.raises(ProtocolError, match="longer than 64"):
         decoder.feed(b"y" * 50)
+
+
+def test_an_event_of_many_data_lines_is_capped_too() -> None:
+    decoder = SSEDecoder(max_line_bytes=100)
+    with pytest.raises(ProtocolError, match="larger than 100"):
+        for _ in range(20):
+            decoder.feed(b"data: " + b"z" * 10 + b"\n")
