@@ -127,7 +127,9 @@ class EndpointPool:
             if not alive:
                 raise EndpointDownError("every endpoint is gone: " + "; ".join(
                     f"{ep.url}: {ep.last_error}" for ep in self.endpoints))
-            since = min(ep.outage_since if ep.outage_since is not None else now for ep in alive)
+            # The outage runs from when the last endpoint still working went out (max, not
+            # min: one endpoint down for long must not cut short another's fresh cooldown).
+            since = max(ep.outage_since if ep.outage_since is not None else now for ep in alive)
             if now - since > self.max_outage:
                 raise EndpointDownError(
                     f"no endpoint has worked for {now - since:.0f} s; last errors: "
@@ -163,6 +165,8 @@ class EndpointPool:
         if kind == "gone":
             ep.state = "gone"
             log.error("endpoint %s is gone: %s", ep.url, error)
+        elif ep.state == "open":
+            pass  # sent before the circuit opened: the same outage, not a failed probe
         elif probe or ep.state == "half_open" or ep.failures >= self.failure_threshold:
             hint = getattr(error, "retry_after", None)
             ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2, hint or 0.0))

@@ -234,12 +234,15 @@ async def run_batch(
                 )
                 stop.set()
 
+    grace_timer: asyncio.TimerHandle | None = None
+
     def on_deadline() -> None:
+        nonlocal grace_timer
         state.deadline_hit = True
         drain.set()
         log.warning("deadline reached: no new requests; %d in flight get %.0f s to finish",
                     state.in_flight, settings.grace)
-        loop.call_later(settings.grace, stop.set)
+        grace_timer = loop.call_later(settings.grace, stop.set)
 
     timer = loop.call_later(settings.deadline, on_deadline) if settings.deadline is not None else None
     stopper: asyncio.Task[Any] = asyncio.ensure_future(stop.wait())
@@ -289,6 +292,8 @@ async def run_batch(
     finally:
         if timer is not None:
             timer.cancel()
+        if grace_timer is not None:
+            grace_timer.cancel()  # a run that ended within the grace must not set `stop` later
         state.unfinished += sum(1 for _ in queued)
         stopper.cancel()
         # Closed early by the consumer: leave no request running behind its back.

@@ -1,0 +1,292 @@
+"""EndpointPool: choice by score and the per-endpoint circuit breaker, without the network."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.endpoints import EndpointPool, endpoint_failure
+from pipeline.errors import (
+    AppError,
+    DiscoveryError,
+    EndpointDownError,
+    HTTPStatusError,
+    IdleTimeoutError,
+    IncompleteResponseError,
+    InvalidEndpointError,
+    QueueFullError,
+    ServerError,
+    SpaceUnavailableError,
+    StreamEndedError,
+    TransportError,
+)
+from pipeline.models import Completion, RequestTrace
+
+
+class Stub:
+    """A completer that is never called: the pool only hands it out."""
+
+    def __init__(self, url: str) -> None:
+        self.display_url = url
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        raise AssertionError("not used")
+
+
+def down() -> TransportError:
+    return TransportError("cannot connect: refused")
+
+
+def pool_of(*urls: str, **kwargs: float) -> EndpointPool:
+    return EndpointPool([Stub(u) for u in urls], **kwargs)  # type: ignore[arg-type]
+
+
+async def fail(pool: EndpointPool, n: int, error: BaseException | None = None) -> None:
+    """``n`` attempts in a row that fail with ``error`` (a transport error by default)."""
+    for _ in range(n):
+        ep = await asyncio.wait_for(pool.acquire(), 1)
+        pool.release(ep, error or down(), None)
+
+
+# -- classification ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (DiscoveryError("no model_chat"), "gone"),
+    (InvalidEndpointError("bad url"), "gone"),
+    (SpaceUnavailableError("404", state="gone"), "gone"),
+    (SpaceUnavailableError("crashed", state="error"), "gone"),
+    (SpaceUnavailableError("zzz", state="sleeping"), "down"),
+    (SpaceUnavailableError("wait", state="building"), "down"),
+    (QueueFullError("full", status=503), None),
+    (HTTPStatusError("bad gateway", status=502), "down"),
+    (HTTPStatusError("slow down", status=429), "down"),
+    (HTTPStatusError("bad request", status=400), None),
+    (HTTPStatusError("not found", status=404), None),
+    (TransportError("refused"), "down"),
+    (StreamEndedError("cut"), "down"),
+    (IdleTimeoutError("idle"), "down"),
+    (ServerError("stopped"), "down"),
+    (AppError("app failed"), None),
+    (IncompleteResponseError("empty"), None),
+    (ValueError("a bug"), None),
+])
+def test_endpoint_failure_classifies_errors(error: BaseException, kind: str | None) -> None:
+    assert endpoint_failure(error) == kind
+
+
+def test_a_pool_needs_an_endpoint_and_names_them() -> None:
+    with pytest.raises(ValueError):
+        EndpointPool([])
+    pool = pool_of("http://a", "http://b")
+    assert [ep.url for ep in pool.endpoints] == ["http://a", "http://b"]
+    named = EndpointPool([Stub("x")], ["http://named"])  # type: ignore[list-item]
+    assert named.endpoints[0].url == "http://named"
+
+
+# -- choosing ----------------------------------------------------------------------------------
+
+
+async def test_the_endpoint_expected_to_answer_soonest_is_chosen() -> None:
+    pool = pool_of("http://fast", "http://slow")
+    fast, slow = pool.endpoints
+    fast.ewma_ms, slow.ewma_ms = 100.0, 350.0
+    chosen = [await pool.acquire() for _ in range(5)]
+    # fast scores 100, 200, 300, 400 (> slow's 350) as its in-flight count grows
+    assert [ep.url for ep in chosen] == ["http://fast"] * 3 + ["http://slow", "http://fast"]
+    assert fast.in_flight == 4 and slow.in_flight == 1
+    for ep in chosen:
+        pool.release(ep, None, None)
+    assert fast.in_flight == 0 and slow.in_flight == 0
+    assert fast.served == 4 and slow.served == 1
+
+
+async def test_latency_average_follows_successes_only() -> None:
+    pool = pool_of("http://a")
+    ep = await pool.acquire()
+    pool.release(ep, None, 500.0)
+    assert ep.ewma_ms == 500.0
+    ep = await pool.acquire()
+    pool.release(ep, None, 1000.0)
+    assert ep.ewma_ms == pytest.approx(600.0)
+    ep = await pool.acquire()
+    pool.release(ep, down(), 5.0)
+    assert ep.ewma_ms == pytest.approx(600.0)
+    assert pool.report() == [{"url": "http://a", "state": "closed", "served": 2, "failed": 1,
+                              "avg_ms": 600.0}]
+
+
+# -- the breaker -------------------------------------------------------------------------------
+
+
+async def test_the_circuit_opens_at_the_threshold_and_traffic_moves() -> None:
+    pool = pool_of("http://a", "http://b", failure_threshold=3, cooldown=5.0)
+    a, b = pool.endpoints
+    b.ewma_ms = 10_000.0  # a is preferred while it is healthy
+    await fail(pool, 2)
+    assert a.state == "closed" and a.failures == 2
+    ep = await pool.acquire()
+    pool.release(ep, None, 10.0)  # a success in between resets the count
+    assert a.failures == 0
+    await fail(pool, 2)
+    assert a.state == "closed"
+    await fail(pool, 1)
+    assert a.state == "open" and a.failed == 5
+    for _ in range(3):
+        ep = await asyncio.wait_for(pool.acquire(), 1)
+        assert ep is b
+        pool.release(ep, None, 10.0)
+    assert pool.report()[0]["state"] == "open"
+
+
+async def test_queue_full_and_row_errors_never_open_the_breaker() -> None:
+    pool = pool_of("http://a", failure_threshold=2)
+    ep = pool.endpoints[0]
+    await fail(pool, 1)
+    assert ep.failures == 1
+    for error in [QueueFullError("full", status=503), AppError("x"),
+                  HTTPStatusError("bad", status=400)] * 5:
+        got = await asyncio.wait_for(pool.acquire(), 1)
+        pool.release(got, error, None)
+        assert ep.state == "closed" and ep.failures == 0  # alive: the count restarts
+    assert ep.failed == 1 and ep.served == 0
+
+
+async def test_half_open_sends_a_single_probe_and_its_success_closes() -> None:
+    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1)
+    ep = pool.endpoints[0]
+    await fail(pool, 2)
+    assert ep.state == "open"
+    t0 = time.monotonic()
+    probe = await asyncio.wait_for(pool.acquire(), 2)
+    waited = time.monotonic() - t0
+    assert probe is ep and ep.state == "half_open" and ep.probing
+    assert 0.05 <= waited < 1.0
+    others = [asyncio.create_task(pool.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.3)  # well past the cooldown: still nothing beside the probe
+    assert not any(t.done() for t in others)
+    assert ep.in_flight == 1
+    pool.release(probe, None, 20.0)
+    assert ep.state == "closed" and ep.failures == 0 and ep.cooldown == 0.0
+    got = await asyncio.wait_for(asyncio.gather(*others), 1)
+    assert all(g is ep for g in got) and ep.in_flight == 3
+
+
+async def test_a_failed_probe_reopens_with_a_doubled_cooldown_up_to_the_cap() -> None:
+    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_cooldown=0.2)
+    ep = pool.endpoints[0]
+    await fail(pool, 1)
+    assert ep.cooldown == 0.05
+    cooldowns = []
+    for _ in range(4):
+        probe = await asyncio.wait_for(pool.acquire(), 2)
+        assert ep.state == "half_open"
+        pool.release(probe, down(), None)
+        assert ep.state == "open"
+        cooldowns.append(ep.cooldown)
+    assert cooldowns == [0.1, 0.2, 0.2, 0.2]
+    loop = asyncio.get_running_loop()
+    assert ep.open_until == pytest.approx(loop.time() + 0.2, abs=0.05)
+
+
+async def test_late_failures_of_requests_sent_before_the_circuit_opened_do_not_stretch_it(
+) -> None:
+    # Ten requests in flight when the endpoint dies: all ten fail. The circuit opens at
+    # the threshold; the rest are the same outage, not failed probes.
+    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1)
+    ep = pool.endpoints[0]
+    attempts = [await pool.acquire() for _ in range(10)]
+    for got in attempts:
+        pool.release(got, down(), None)
+    assert ep.state == "open" and ep.failed == 10
+    assert ep.cooldown == 0.1
+    t0 = time.monotonic()
+    probe = await asyncio.wait_for(pool.acquire(), 5)
+    assert probe is ep and ep.state == "half_open"
+    assert time.monotonic() - t0 < 2.0  # not 0.1 * 2**8 s
+
+
+async def test_a_retry_after_hint_lengthens_the_cooldown() -> None:
+    pool = pool_of("http://a", failure_threshold=1, cooldown=0.1)
+    ep = await pool.acquire()
+    pool.release(ep, HTTPStatusError("slow down", status=429, retry_after=7.0), None)
+    assert ep.state == "open" and ep.cooldown == 7.0
+
+
+async def test_gone_endpoints_are_never_used_again() -> None:
+    pool = pool_of("http://a", "http://b")
+    a, b = pool.endpoints
+    ep = await pool.acquire()
+    assert ep is a
+    pool.release(ep, DiscoveryError("no model_chat here"), None)
+    assert a.state == "gone"
+    for _ in range(5):
+        ep = await pool.acquire()
+        assert ep is b
+        pool.release(ep, None, 1.0)
+    pool.release(await pool.acquire(), SpaceUnavailableError("404", state="gone"), None)
+    t0 = time.monotonic()
+    with pytest.raises(EndpointDownError, match="every endpoint is gone"):
+        await asyncio.wait_for(pool.acquire(), 1)
+    assert time.monotonic() - t0 < 0.1  # no waiting for what cannot come back
+
+
+async def test_all_down_raises_after_max_outage_not_after_the_cooldown() -> None:
+    pool = pool_of("http://a", failure_threshold=1, cooldown=30.0, max_outage=0.4)
+    await fail(pool, 1)
+    t0 = time.monotonic()
+    with pytest.raises(EndpointDownError, match="no endpoint has worked"):
+        await asyncio.wait_for(pool.acquire(), 5)
+    waited = time.monotonic() - t0
+    assert 0.3 <= waited < 1.5
+
+
+async def test_a_waiting_acquire_raises_too_when_the_outage_runs_out() -> None:
+    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=0.1, max_outage=0.6)
+    await fail(pool, 2)  # both open
+    assert [ep.state for ep in pool.endpoints] == ["open", "open"]
+    t0 = time.monotonic()
+    with pytest.raises(EndpointDownError):
+        while True:  # probes keep failing
+            ep = await asyncio.wait_for(pool.acquire(), 5)
+            await asyncio.sleep(0.01)
+            pool.release(ep, down(), None)
+    assert 0.5 <= time.monotonic() - t0 < 2.0
+
+
+async def test_the_outage_counts_from_the_last_endpoint_that_worked() -> None:
+    # a dies; b keeps working for a while, then dies too. The run may only give up
+    # max_outage after b (the last one working) went out, not after a did.
+    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=30.0, max_outage=0.5)
+    a, b = pool.endpoints
+    b.ewma_ms = 10_000.0
+    ep = await pool.acquire()
+    assert ep is a
+    pool.release(ep, down(), None)
+    for _ in range(4):
+        await asyncio.sleep(0.1)
+        ep = await pool.acquire()
+        assert ep is b
+        pool.release(ep, None, 10.0)
+    ep = await pool.acquire()
+    pool.release(ep, down(), None)  # b goes out 0.4 s after a
+    t0 = time.monotonic()
+    with pytest.raises(EndpointDownError):
+        await asyncio.wait_for(pool.acquire(), 5)
+    assert time.monotonic() - t0 >= 0.4  # a full max_outage since b failed
+
+
+async def test_a_successful_probe_ends_the_outage() -> None:
+    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_outage=1.0)
+    ep = pool.endpoints[0]
+    await fail(pool, 1)
+    probe = await asyncio.wait_for(pool.acquire(), 1)
+    pool.release(probe, None, 5.0)
+    assert ep.outage_since is None and ep.state == "closed"
+    await asyncio.sleep(1.1)  # past the end the old outage would have had
+    await fail(pool, 1)  # a new outage starts now
+    probe = await asyncio.wait_for(pool.acquire(), 1)  # a probe, not EndpointDownError
+    assert probe is ep and ep.state == "half_open"
