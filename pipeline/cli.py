@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
-from .app import EXIT_ENDPOINT_DOWN, EXIT_FAILURE, EXIT_USAGE, RunOptions, run
+from .app import (
+    EXIT_ENDPOINT_DOWN,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    RunOptions,
+    run,
+)
 from .client import DEFAULT_URL, Timeouts
 from .config import env_name, load_config
 from .durations import seconds_until
@@ -221,6 +228,9 @@ def run_command(input_path: str, **o: Any) -> None:
 def _execute(options: RunOptions) -> int:
     try:
         outcome = asyncio.run(run(options))
+    except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler
+        click.echo("qwen-batch: interrupted before the run started; nothing was written", err=True)
+        return EXIT_INTERRUPTED
     except (InputFileError, ConfigError) as exc:
         click.echo(f"qwen-batch: error: {exc}", err=True)
         return EXIT_USAGE
