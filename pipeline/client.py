@@ -24,7 +24,6 @@ import aiohttp
 
 from .errors import (
     AttemptTimeoutError,
-    DiscoveryError,
     HTTPStatusError,
     IdleTimeoutError,
     IncompleteResponseError,

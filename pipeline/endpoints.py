@@ -11,6 +11,7 @@ every endpoint has been out for longer than ``max_outage`` (or is gone for good)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ class EndpointPool:
             raise ValueError("at least one endpoint is needed")
         names = list(urls) if urls else [str(getattr(c, "display_url", i))
                                          for i, c in enumerate(completers)]
-        self.endpoints = [Endpoint(c, u) for c, u in zip(completers, names)]
+        self.endpoints = [Endpoint(c, u) for c, u in zip(completers, names, strict=True)]
         self.failure_threshold = failure_threshold
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -137,10 +138,9 @@ class EndpointPool:
             wake = min((ep.open_until for ep in alive if ep.state == "open"), default=now + 1.0)
             wake = min(wake, since + self.max_outage + 0.01)
             self._changed.clear()
-            try:
+            # A timeout here means it is time to probe (or to give up): loop and look again.
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, wake - now))
-            except asyncio.TimeoutError:
-                pass  # time to probe (or to give up)
 
     def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> None:
         """Report how an attempt on ``ep`` ended."""

@@ -107,7 +107,7 @@ class HTTPStatusError(RequestError):
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
-        self.retryable = status == 429 or status >= 500 and status != 501
+        self.retryable = status == 429 or (status >= 500 and status != 501)
 
 
 class QueueFullError(HTTPStatusError):
@@ -128,7 +128,7 @@ class StreamEndedError(TransportError):
     error_type = "stream_ended"
 
 
-class TimeoutError_(RequestError):  # noqa: N801 - avoid shadowing the builtin
+class TimeoutError_(RequestError):  # the underscore avoids shadowing the builtin
     """Base of the three request timeouts."""
 
     error_type = "timeout"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 
 from pipeline.errors import LockedError, OutputError
 from pipeline.models import iso_utc, utc_now
+
+log = logging.getLogger(__name__)
 
 
 def lock_path(output_path: str) -> str:
@@ -61,8 +64,8 @@ class OutputLock:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
-        except OSError:
-            pass  # the note only improves the other run's message; the lock is what counts
+        except OSError as exc:  # the note only improves the other run's message
+            log.debug("cannot write the lock note %s: %s", self.path, exc)
         self._fd = fd
 
     def release(self) -> None:
@@ -78,8 +81,8 @@ class OutputLock:
                 info = json.loads(note.read() or "{}")
             holder = (f"pid {info.get('pid', '?')} on {info.get('host', '?')}, "
                       f"started {info.get('started_at', '?')}")
-        except (OSError, ValueError, AttributeError):
-            pass  # the holder may not have written its note yet
+        except (OSError, ValueError, AttributeError) as exc:
+            log.debug("lock note unreadable (the holder may not have written it yet): %s", exc)
         return (
             f"another qwen-batch run ({holder}) is writing to {self.output_path}; wait for it "
             "to finish. Do not remove anything: the lock frees itself when that process exits."

@@ -112,4 +112,4 @@ class Failure:
     retryable: bool = False
 
 
-Result = Union[Success, Failure]
+Result = Union[Success, Failure]  # noqa: UP007 - a runtime alias, fine on Python 3.10

@@ -13,7 +13,7 @@ from .models import RequestTrace
 from .prompts import fold_messages
 
 
-class Qwen_Qwen_2_72B:  # noqa: N801 - the provider's established public name
+class Qwen_Qwen_2_72B:  # the provider's established public name
     """Qwen2-72B-Instruct on its Hugging Face Space, through the Gradio queue.
 
     >>> async for fragment in Qwen_Qwen_2_72B.create_async_generator(

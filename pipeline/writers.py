@@ -463,8 +463,8 @@ def _fsync_path(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the rename still happened
-        pass
+    except OSError as exc:  # some filesystems cannot fsync a directory; the rename still happened
+        log.debug("cannot fsync %s: %s", path, exc)
     finally:
         os.close(fd)
 

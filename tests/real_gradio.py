@@ -209,6 +209,7 @@ def _start_once(
         )
     server = GradioServer(process=process, port=port, log_path=log_path)
     deadline = started + timeout
+    last_error: Exception | None = None
     while True:
         code = process.poll()
         if code is not None:
@@ -224,8 +225,8 @@ def _start_once(
                 server.config = config
                 server.startup_s = time.monotonic() - started
                 return server
-        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-            pass
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError) as exc:
+            last_error = exc  # not listening yet; reported if it never comes up
         if time.monotonic() > deadline:
             tail = server.log_tail()
             server.process.kill()
@@ -233,7 +234,7 @@ def _start_once(
             server.stop()
             raise RuntimeError(
                 f"gradio app ({python}) did not answer GET /config on port {port} within "
-                f"{timeout:.0f} s; output tail:\n{tail}"
+                f"{timeout:.0f} s (last error: {last_error}); output tail:\n{tail}"
             )
         time.sleep(0.2)
 
