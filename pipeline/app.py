@@ -16,9 +16,8 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
-import aiohttp
-
-from .client import DEFAULT_URL, GradioQueueClient, Timeouts
+from .client import DEFAULT_URL, Timeouts
+from .engines import open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, OutputError
 from .jobs import KeySet, PlanCounters, plan_rows
@@ -28,7 +27,7 @@ from .progress import Progress
 from .readers import RowSpec, detect_format, read_records
 from .records import failure_record, success_record
 from .retry import RetryPolicy
-from .runner import BatchSettings, BatchState, run_batch
+from .runner import BatchSettings, BatchState
 from .summary import RunSummary
 from .writers import JsonlAppender, open_output
 
@@ -75,6 +74,11 @@ class RunOptions:
     grace: float = 60.0
     max_outage: float = 600.0
     max_response_chars: int | None = None
+    engine: str = "local"
+    """``local`` (this process) or ``ray`` (a Ray Data pipeline; see pipeline.engines)."""
+    ray_address: str | None = None
+    actors: int = 2
+    per_actor_concurrency: int | None = None
 
 
 @dataclass
@@ -144,13 +148,7 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
         total = _count_rows(options.input, fmt) if options.progress else None
         progress = Progress(options.progress, total * options.samples if total else None,
                             state)
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            clients = [GradioQueueClient(url, session=session, proxy=options.proxy,
-                                         hf_token=options.hf_token, timeouts=options.timeouts,
-                                         max_answer_chars=options.max_response_chars)
-                       for url in options.urls]
-            results = run_batch(rows, clients, settings, stop=stop, state=state)
+        async with open_engine(options, rows, settings, stop, state) as results:
             try:
                 skipped = 0
                 async for result in results:
@@ -176,8 +174,6 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
                 summary.skipped_done = counters.skipped_done
                 summary.note_state(state)
                 progress.close()
-                for client in clients:
-                    await client.close()
         read_upto = counters.records
         if state.deadline_hit:
             summary.remaining = state.unfinished + _count_remaining(rows, options.samples)

@@ -163,6 +163,15 @@ def main(verbose: int) -> None:
      help="Stop with exit 4 after this many rows fail in a row.")
 @opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
      help="Largest accepted input line/row.")
+@opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+     help="Where requests run: this process, or Ray Data actors (pip install "
+     "'qwen-batch[ray]'); output, resume and exit codes are the same.")
+@opt("--address", "ray_address", help="Ray: the cluster to join ('auto': the one running "
+     "here).  [default: start a private local Ray for the run]")
+@opt("--actors", type=click.IntRange(1, 1024), default=2, show_default=True,
+     help="Ray: actors, each with one pooled session and its own in-flight limit.")
+@opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
+     help="Ray: requests in flight per actor.  [default: --concurrency / --actors]")
 @opt("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
      callback=_load_config_file, help="TOML file of option defaults (see configs/default.toml).")
 def run_command(input_path: str, **o: Any) -> None:
@@ -221,6 +230,10 @@ def run_command(input_path: str, **o: Any) -> None:
         grace=o["grace"],
         max_outage=o["max_outage"],
         max_response_chars=o["max_response_chars"],
+        engine=o["engine"],
+        ray_address=o["ray_address"],
+        actors=o["actors"],
+        per_actor_concurrency=o["per_actor_concurrency"],
     )
     sys.exit(_execute(options))
 

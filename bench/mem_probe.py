@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""What grows with the input: qwen-batch's pieces, each alone, in a fresh process.
+
+    python bench/mem_probe.py INPUT.parquet --stage plan      # prints one JSON line
+
+Stages (each includes the ones before it), all without any network:
+
+* ``import``: import the CLI's modules (the floor of every run);
+* ``read``: stream the Parquet file through ``read_records`` (pyarrow batches);
+* ``plan``: also ``plan_rows`` (prompt rows, the duplicate-id set);
+* ``done``: also add every key to the ``KeySet`` of done rows, as a run does after
+  each success (and the resume set read at start);
+* ``records``: also build and JSON-encode a success record per row (answer = the
+  fake Space's echo), written to /dev/null.
+
+The parent (``run_all.py``) runs each stage as its own process and reads its
+``ru_maxrss``; the stage also prints its own figures: ``VmRSS``/``VmHWM`` at the
+end, pyarrow's pool (``total_allocated_bytes``, ``max_memory``) and the sizes of
+the growing sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+STAGES = ("import", "read", "plan", "done", "records")
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status", encoding="ascii", errors="replace") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def patch_reader() -> None:
+    """The proposed fix for pipeline/readers.py, applied from outside for measurement.
+
+    1. ``pq.ParquetFile(path, pre_buffer=False, buffer_size=1 MiB)``: stream a column
+       chunk page by page instead of loading the whole row group (a file written with
+       pyarrow's defaults has ONE row group of up to 1Mi rows, i.e. the whole file);
+    2. the system allocator for Arrow buffers instead of the bundled mimalloc, which
+       keeps freed pages resident (the same effect: ``MIMALLOC_PURGE_DELAY=0``), and
+       glibc's mmap threshold pinned at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, what
+       ``MALLOC_MMAP_THRESHOLD_=131072`` does): otherwise glibc raises it after the first
+       large buffers are freed and serves later ones from a heap that never shrinks.
+    """
+    import ctypes
+    import ctypes.util
+    import functools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import pipeline.readers as readers
+
+    pa.set_memory_pool(pa.system_memory_pool())
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        m_mmap_threshold = -3
+        ctypes.CDLL(libc_name).mallopt(m_mmap_threshold, 128 * 1024)
+    readers.pq = type("pq", (), {"ParquetFile": functools.partial(  # type: ignore[attr-defined]
+        pq.ParquetFile, pre_buffer=False, buffer_size=1 << 20)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("input")
+    p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument("--patch-reader", action="store_true",
+                   help="apply the proposed reader fix (see patch_reader) before reading")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+
+    import pyarrow as pa
+
+    if args.patch_reader:
+        patch_reader()
+
+    import pipeline.cli  # noqa: F401 - the same imports as a run
+    from pipeline.jobs import KeySet, PlanCounters, plan_rows
+    from pipeline.models import RequestTrace, Success, utc_now
+    from pipeline.readers import RowSpec, read_records
+    from pipeline.records import encode_record, success_record
+
+    level = STAGES.index(args.stage)
+    out: dict[str, object] = {"stage": args.stage, "rows": 0, "patched": args.patch_reader}
+    done = KeySet()
+    if level >= STAGES.index("read"):
+        records = read_records(args.input, "parquet")
+        rows = plan_rows(records, RowSpec(), done=done, counters=PlanCounters()) \
+            if level >= STAGES.index("plan") else records
+        sink = open(os.devnull, "wb") if level >= STAGES.index("records") else None  # noqa: SIM115
+        count = 0
+        for row in rows:
+            count += 1
+            if level >= STAGES.index("done"):
+                done.add(row.id, 0)  # type: ignore[union-attr]
+            if sink is not None:
+                now = utc_now()
+                trace = RequestTrace("0123456789ab", "http://127.0.0.1:1", "e" * 32, now, now,
+                                     1.0, 1.0, 1.0, 10)
+                answer = f"Echo: {row.prompt}\nSystem: x\nno no no"  # type: ignore[union-attr]
+                sink.write(encode_record(success_record(
+                    Success(row, answer, trace, 1, "qwen", 0))))  # type: ignore[arg-type]
+        if sink is not None:
+            sink.close()
+        out["rows"] = count
+    out.update(
+        seconds=round(time.perf_counter() - start, 2),
+        vm_rss_mb=round(_status_mb("VmRSS"), 1),
+        vm_hwm_mb=round(_status_mb("VmHWM"), 1),
+        arrow_allocated_mb=round(pa.total_allocated_bytes() / 2**20, 1),
+        arrow_pool_peak_mb=round(pa.default_memory_pool().max_memory() / 2**20, 1),
+        arrow_pool=pa.default_memory_pool().backend_name,
+        done_keys=len(done),
+    )
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

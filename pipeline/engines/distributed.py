@@ -1,0 +1,370 @@
+"""The driver side of a distributed engine: spool the planned rows, stream the results back.
+
+The driver plans rows exactly as the local engine does (``plan_rows``: templates,
+messages, duplicates, resume by ``(id, sample)``, ``--limit``); bad input comes out at
+once as input failures. The rows to do are written to a *spool*: Parquet files of at
+most ``rows_per_file`` encoded rows (:func:`.codec.encode_row`) in ``<output>.spool/``,
+so the input is never held in memory. An :class:`Executor` (Ray Data, or the in-process
+one used by tests) runs :class:`.actor.PromptBatchCallable` over the spool and hands
+back result tables as they finish; the driver turns them back into ``Success`` and
+``Failure`` objects (:mod:`.codec`) for the caller, which writes them through the same
+writers as the local engine. Resume is therefore ours, by id, whatever engine wrote the
+earlier part of the output.
+
+What a crash or Ctrl-C loses: the jobs of the blocks in flight (an actor's results come
+back when its whole block is done). ``--deadline``: actors start no request after it
+and give those in flight ``--grace`` seconds; the driver stops waiting some seconds
+after that, and counts the jobs not done as ``remaining``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.endpoints import EndpointPool
+from pipeline.errors import EndpointDownError, OutputError, QwenBatchError
+from pipeline.jobs import KeySet
+from pipeline.limits import AdaptiveLimit
+from pipeline.models import Completion, Failure, PromptRow, RequestTrace, Result
+from pipeline.runner import BatchSettings, BatchState
+
+from . import Rows
+from .actor import ROW_COLUMN, ActorConfig
+from .codec import decode_result, encode_row
+
+if TYPE_CHECKING:
+    from pipeline.app import RunOptions
+
+log = logging.getLogger(__name__)
+
+SPOOL_ROWS_PER_FILE = 10_000
+DEADLINE_SLACK = 10.0
+"""Seconds the driver waits past ``deadline + grace`` for the last blocks to come back."""
+
+
+class EngineError(QwenBatchError):
+    """The distributed engine itself failed (not a row): the run stops, exit 1."""
+
+
+class Spool:
+    """Planned rows written as Parquet files of encoded rows, a bounded number per file."""
+
+    def __init__(self, directory: str, samples: int, rows_per_file: int = SPOOL_ROWS_PER_FILE
+                 ) -> None:
+        self.directory = directory
+        self.samples = samples
+        self.rows_per_file = rows_per_file
+        self.paths: list[str] = []
+        self.rows = 0
+        self.jobs = 0
+        self._buffer: list[str] = []
+        shutil.rmtree(directory, ignore_errors=True)  # a crashed run's spool: planned anew
+        try:
+            os.makedirs(directory)
+        except OSError as exc:
+            raise OutputError(f"cannot make the spool {directory}: {exc.strerror or exc}") from exc
+
+    def add(self, row: PromptRow) -> None:
+        self._buffer.append(encode_row(row))
+        self.rows += 1
+        self.jobs += len(row.samples) if row.samples is not None else self.samples
+        if len(self._buffer) >= self.rows_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            path = os.path.join(self.directory, f"part-{len(self.paths):05d}.parquet")
+            try:
+                pq.write_table(pa.table({ROW_COLUMN: pa.array(self._buffer, pa.string())}), path)
+            except (OSError, pa.ArrowException) as exc:
+                raise OutputError(f"cannot write the spool {path}: {exc}") from exc
+            self.paths.append(path)
+            self._buffer = []
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def spool_directory(output: str) -> str:
+    """``<output>.spool`` beside the output (guarded by its lock); a temp dir for stdout."""
+    if output == "-":
+        return os.path.join(tempfile.mkdtemp(prefix="qwen-batch-"), "spool")
+    return output + ".spool"
+
+
+class Executor(Protocol):
+    """Runs the per-actor callable over a spool and yields result tables as they finish."""
+
+    def describe(self) -> str:
+        """One line for the user: where it runs and the global bound of requests in flight."""
+
+    def start(self) -> None:
+        """Get ready (start or join a cluster); blocking, run in a thread."""
+
+    def batches(self, spool: Spool, config: ActorConfig) -> Iterator[pa.Table]:
+        """Result tables (:data:`.actor.RESULT_SCHEMA`); blocking, iterated in a thread."""
+
+    def close(self) -> None:
+        """Stop everything still running; safe to call twice, from another thread."""
+
+
+class _NoCompleter:
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        raise RuntimeError("a report-only endpoint")
+
+
+class ActorsLimit(AdaptiveLimit):
+    """The summary's view of the actors' limits: their levels added up."""
+
+    def __init__(self, actors: int, per_actor: int, adaptive: bool) -> None:
+        super().__init__(actors * per_actor, adaptive=adaptive)
+        self.expected = actors
+        self.per_actor = per_actor
+        self.actors: dict[str, dict[str, Any]] = {}
+
+    def _total(self, key: str) -> int:
+        # Actors not heard from yet count at their full level. A restarted actor is a new
+        # one: only the latest ``expected`` reports count.
+        latest = list(self.actors.values())[-self.expected:]
+        return (sum(int(a[key]) for a in latest)
+                + max(0, self.expected - len(latest)) * self.per_actor)
+
+    @property
+    def level(self) -> int:
+        return self._total("level")
+
+    def update(self, stats: dict[str, Any]) -> None:
+        self.actors.pop(str(stats["actor"]), None)
+        self.actors[str(stats["actor"])] = stats
+        self.cuts = sum(int(a["cuts"]) for a in self.actors.values())
+        self.lowest = min(self.lowest, self._total("lowest"))
+
+
+def _pool_view(urls: tuple[str, ...]) -> EndpointPool:
+    return EndpointPool([_NoCompleter() for _ in urls], list(urls))
+
+
+def _update_pool(pool: EndpointPool, actors: dict[str, dict[str, Any]]) -> None:
+    """Per endpoint: requests served and failed by every actor, the healthiest state seen."""
+    rank = {"closed": 0, "half_open": 1, "open": 2, "gone": 3}
+    for ep in pool.endpoints:
+        reports = [r for a in actors.values() for r in a.get("endpoints", ()) if r["url"] == ep.url]
+        if not reports:
+            continue
+        ep.served = sum(int(r["served"]) for r in reports)
+        ep.failed = sum(int(r["failed"]) for r in reports)
+        ep.state = min((r["state"] for r in reports), key=lambda s: rank.get(s, 9))
+        weighted = [(r["avg_ms"], r["served"]) for r in reports if r["avg_ms"] is not None]
+        total = sum(n for _, n in weighted)
+        ep.ewma_ms = sum(ms * n for ms, n in weighted) / total if total else None
+
+
+@dataclass
+class _End:
+    error: BaseException | None = None
+
+
+def _pump(batches: Iterator[pa.Table], queue: asyncio.Queue[pa.Table | _End],
+          loop: asyncio.AbstractEventLoop, cancelled: threading.Event) -> None:
+    """Thread body: move result tables from the blocking iterator onto the loop's queue."""
+
+    def put(item: pa.Table | _End) -> bool:
+        try:
+            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        while True:
+            try:
+                future.result(timeout=0.2)
+                return True
+            except TimeoutError:
+                if cancelled.is_set():
+                    future.cancel()
+                    return False
+            except Exception:  # cancelled with the loop
+                return False
+
+    end = _End()
+    try:
+        for table in batches:
+            if cancelled.is_set() or not put(table):
+                return
+    except BaseException as exc:  # the executor failed: tell the driver
+        end = _End(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+    if not cancelled.is_set():
+        put(end)
+
+
+@contextlib.asynccontextmanager
+async def open_distributed(
+    executor: Executor, config: ActorConfig, rows: Rows, *, output: str, samples: int,
+    stop: asyncio.Event, state: BatchState, actors: int, adaptive: bool,
+    announce: bool = True,
+) -> AsyncIterator[AsyncIterator[Result]]:
+    """Yields the results of ``rows`` run on ``executor``; cleans the executor and spool up."""
+    spool = Spool(spool_directory(output), samples)
+    cancelled = threading.Event()
+    threads: list[threading.Thread] = []
+    started = False
+
+    async def results() -> AsyncGenerator[Result, None]:
+        nonlocal started
+        limit = ActorsLimit(actors, config.concurrency, adaptive)
+        pool = _pool_view(config.urls)
+        state.limit, state.pool = limit, pool
+        # 1. Plan: bad input now, the rows to do into the spool (the file is read here, as
+        #    on the local engine, so positions, duplicates and resume are the same).
+        for count, planned in enumerate(rows, 1):
+            if isinstance(planned, Failure):
+                yield planned
+            else:
+                spool.add(planned)
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # let a Ctrl-C in
+            if stop.is_set():
+                return
+        spool.flush()
+        state.unfinished = spool.jobs
+        if not spool.jobs:
+            return  # nothing to do: no cluster started at all
+        # 2. Run: start (or join) the cluster, then stream the result tables back.
+        if announce:
+            print(f"qwen-batch: {executor.describe()}; {spool.rows} rows "
+                  f"({spool.jobs} jobs) to do", file=sys.stderr, flush=True)
+        started = True
+        try:
+            await asyncio.to_thread(executor.start)
+        except Exception as exc:
+            raise EngineError(f"cannot start the engine: {type(exc).__name__}: {exc}") from exc
+        if stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[pa.Table | _End] = asyncio.Queue(maxsize=2)
+        thread = threading.Thread(target=_pump, name="qwen-batch-results", daemon=True,
+                                  args=(executor.batches(spool, config), queue, loop, cancelled))
+        threads.append(thread)
+        thread.start()
+        seen = KeySet()
+        finished = 0
+        down: str | None = None
+        end_by = (config.deadline_at + config.grace + DEADLINE_SLACK
+                  if config.deadline_at is not None else None)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while down is None:
+                getter = asyncio.ensure_future(queue.get())
+                timeout = None if end_by is None else max(0.0, end_by - time.time())
+                waiters: set[asyncio.Future[Any]] = {getter, stopper}
+                ready, _ = await asyncio.wait(waiters, timeout=timeout,
+                                              return_when=asyncio.FIRST_COMPLETED)
+                if getter not in ready:
+                    getter.cancel()
+                    break  # interrupted, or past the deadline and its grace
+                item = getter.result()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise EngineError(f"the engine failed: {type(item.error).__name__}: "
+                                          f"{item.error}") from item.error
+                    break
+                for kind, record in zip(item.column("kind").to_pylist(),
+                                        item.column("record").to_pylist(), strict=True):
+                    if kind == "stats":
+                        limit.update(json.loads(record))
+                        state.retries = sum(int(a["retries"]) for a in limit.actors.values())
+                        _update_pool(pool, limit.actors)
+                        continue
+                    if kind == "down":
+                        down = down or str(json.loads(record).get("reason"))
+                        continue
+                    result = decode_result(kind, record)
+                    if result.row is None:  # only request results come from actors
+                        continue
+                    key = (result.row.id, result.sample)
+                    if key in seen:
+                        log.info("dropping a repeated result for %s (a retried block)", key)
+                        continue
+                    seen.add(*key)
+                    finished += 1
+                    state.unfinished = spool.jobs - finished
+                    yield result
+        finally:
+            stopper.cancel()
+            state.unfinished = spool.jobs - finished
+            if (config.deadline_at is not None and time.time() >= config.deadline_at
+                    and state.unfinished > 0):
+                state.deadline_hit = True
+        if down is not None:
+            state.down_reason = down
+            raise EndpointDownError(down)
+
+    try:
+        yield results()
+    finally:
+        cancelled.set()
+        if started:
+            await asyncio.to_thread(executor.close)
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 5.0)
+        spool.remove()
+        if output == "-":
+            shutil.rmtree(os.path.dirname(spool.directory), ignore_errors=True)
+
+
+def per_actor_concurrency(options: RunOptions) -> int:
+    """``--per-actor-concurrency``, else ``--concurrency`` shared out among the actors."""
+    if options.per_actor_concurrency:
+        return options.per_actor_concurrency
+    return max(1, options.concurrency // max(1, options.actors))
+
+
+def actor_config(options: RunOptions, settings: BatchSettings, per_actor: int) -> ActorConfig:
+    """What every actor gets: the run's settings, with the rate shared out among the actors."""
+    actors = max(1, options.actors)
+    return ActorConfig(
+        urls=tuple(options.urls), concurrency=per_actor, adaptive=settings.adaptive,
+        rate=settings.rate / actors if settings.rate else None, timeouts=options.timeouts,
+        max_response_chars=options.max_response_chars, max_attempts=settings.policy.max_attempts,
+        retry_base_delay=settings.policy.base_delay, retry_max_delay=settings.policy.max_delay,
+        samples=settings.samples, model=settings.model,
+        max_consecutive_failures=settings.max_consecutive_failures,
+        min_chars=settings.min_chars,
+        deadline_at=time.time() + settings.deadline if settings.deadline is not None else None,
+        grace=settings.grace, max_outage=settings.max_outage,
+        failure_threshold=settings.failure_threshold, probe_cooldown=settings.probe_cooldown,
+        proxy=options.proxy, hf_token=options.hf_token,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_executor(
+    executor: Executor, options: RunOptions, rows: Rows, settings: BatchSettings,
+    stop: asyncio.Event, state: BatchState,
+) -> AsyncIterator[AsyncIterator[Result]]:
+    """:func:`open_distributed` with everything taken from the run's options and settings."""
+    per_actor = per_actor_concurrency(options)
+    async with open_distributed(executor, actor_config(options, settings, per_actor), rows,
+                                output=options.output, samples=settings.samples, stop=stop,
+                                state=state, actors=options.actors,
+                                adaptive=settings.adaptive) as results:
+        yield results

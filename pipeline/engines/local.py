@@ -1,0 +1,38 @@
+"""The local engine: :func:`~pipeline.runner.run_batch` in this process (``--engine local``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from pipeline.client import GradioQueueClient
+from pipeline.models import Result
+from pipeline.runner import BatchSettings, BatchState, run_batch
+
+from . import Rows
+
+if TYPE_CHECKING:
+    from pipeline.app import RunOptions
+
+
+@contextlib.asynccontextmanager
+async def open_local(
+    options: RunOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
+    state: BatchState,
+) -> AsyncIterator[AsyncIterator[Result]]:
+    """One pooled session and a client per endpoint for the run; yields run_batch's results."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        clients = [GradioQueueClient(url, session=session, proxy=options.proxy,
+                                     hf_token=options.hf_token, timeouts=options.timeouts,
+                                     max_answer_chars=options.max_response_chars)
+                   for url in options.urls]
+        try:
+            yield run_batch(rows, clients, settings, stop=stop, state=state)
+        finally:
+            for client in clients:
+                await client.close()
