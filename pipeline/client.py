@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+from yarl import URL
 
 from .errors import (
     AttemptTimeoutError,
@@ -130,6 +131,8 @@ class GradioQueueClient:
         self._headers = {"User-Agent": USER_AGENT}
         if hf_token:
             self._headers["Authorization"] = f"Bearer {hf_token}"
+        self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
+        self._urls: dict[str, tuple[URL, str]] = {}  # api prefix -> (join URL, data URL text)
         proxy_password = urlsplit(proxy).password if proxy else None
         self.redact = make_redactor([hf_token, proxy_password])
         self._http_timeout = aiohttp.ClientTimeout(
@@ -190,28 +193,27 @@ class GradioQueueClient:
     async def _fetch_info(self) -> tuple[SpaceInfo, bool]:
         loop = asyncio.get_running_loop()
         try:
-            async with timeout_at(loop.time() + self.timeouts.read):
-                async with self._http().get(
-                    f"{self.url}/config",
-                    headers=self._headers,
-                    proxy=self.proxy,
-                    timeout=self._http_timeout,
-                ) as resp:
-                    if resp.status in (401, 403):
-                        raise HTTPStatusError(
-                            f"HTTP {resp.status} from {self.display_url}/config: "
-                            "the Space is private or the HF token is not accepted",
-                            status=resp.status,
-                        )
-                    body = await resp.read()
-                    if resp.status != 200:
-                        self._raise_if_unavailable(resp, body)
-                        log.warning(
-                            "%s/config answered HTTP %s; using the default Space layout",
-                            self.display_url,
-                            resp.status,
-                        )
-                        return DEFAULT_SPACE_INFO, resp.status == 404
+            async with timeout_at(loop.time() + self.timeouts.read), self._http().get(
+                f"{self.url}/config",
+                headers=self._headers,
+                proxy=self.proxy,
+                timeout=self._http_timeout,
+            ) as resp:
+                if resp.status in (401, 403):
+                    raise HTTPStatusError(
+                        f"HTTP {resp.status} from {self.display_url}/config: "
+                        "the Space is private or the HF token is not accepted",
+                        status=resp.status,
+                    )
+                body = await resp.read()
+                if resp.status != 200:
+                    self._raise_if_unavailable(resp, body)
+                    log.warning(
+                        "%s/config answered HTTP %s; using the default Space layout",
+                        self.display_url,
+                        resp.status,
+                    )
+                    return DEFAULT_SPACE_INFO, resp.status == 404
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             error = map_transport_error(exc, self.redact)
             log.warning("cannot read %s/config (%s); using the default Space layout",
@@ -244,7 +246,7 @@ class GradioQueueClient:
         """The whole answer of one request, taken from ``process_completed``."""
         trace = trace or RequestTrace(new_session_hash())
         final: list[str] = []
-        async for piece in self._exchange(prompt, system, trace, False, final):
+        async for piece in self._exchange(prompt, system, trace, False):
             final.append(piece)
         return Completion(final[-1] if final else "", trace)
 
@@ -254,9 +256,12 @@ class GradioQueueClient:
         system: str | None,
         trace: RequestTrace,
         streaming: bool,
-        final: list[str] | None = None,
     ) -> AsyncIterator[str]:
-        """Join, stream, and either yield deltas or (``streaming=False``) the final text."""
+        """Join, stream, and either yield deltas or (``streaming=False``) the final text.
+
+        ``streaming=False`` does not follow the text as it streams (see
+        :class:`~pipeline.gradio.EventTracker`): the answer is ``process_completed``'s.
+        """
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.timeouts.total
@@ -277,7 +282,8 @@ class GradioQueueClient:
                 self._cancel_after_join(info, join, trace.session_hash)
                 raise
             trace.event_id = event_id
-            tracker = EventTracker(event_id, diffs=info.diffs, chatbot_index=info.chatbot_index)
+            tracker = EventTracker(event_id, diffs=info.diffs, chatbot_index=info.chatbot_index,
+                                   track_text=streaming)
             async with aclosing(self._read_stream(tracker, trace, start, deadline)) as deltas:
                 async for delta in deltas:
                     if streaming:
@@ -309,16 +315,16 @@ class GradioQueueClient:
         }
         if info.trigger_id is not None:
             body["trigger_id"] = info.trigger_id
-        url = f"{self.url}{info.api_prefix}/queue/join"
+        url = self._routes(info.api_prefix)[0]
         try:
-            async with timeout_at(min(deadline, asyncio.get_running_loop().time() + self.timeouts.read)):
-                async with self._http().post(
-                    url, json=body, headers=self._headers, proxy=self.proxy,
-                    timeout=self._http_timeout,
-                ) as resp:
-                    raw = await resp.read()
-                    if resp.status != 200:
-                        raise self._join_status_error(info, resp, raw)
+            when = min(deadline, asyncio.get_running_loop().time() + self.timeouts.read)
+            async with timeout_at(when), self._http().post(
+                url, json=body, headers=self._headers, proxy=self.proxy,
+                timeout=self._http_timeout,
+            ) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise self._join_status_error(info, resp, raw)
         except asyncio.TimeoutError:
             raise AttemptTimeoutError("timed out joining the queue") from None
         try:
@@ -372,17 +378,28 @@ class GradioQueueClient:
             error.retryable = False  # a bad fn_index or payload; sending it again won't help
         return error
 
+    def _routes(self, api_prefix: str) -> tuple[URL, str]:
+        """The join URL and the (encoded) data URL text under ``api_prefix``, built once."""
+        routes = self._urls.get(api_prefix)
+        if routes is None:
+            base = f"{self.url}{api_prefix}/queue"
+            routes = (URL(f"{base}/join"), str(URL(f"{base}/data")))
+            self._urls[api_prefix] = routes
+        return routes
+
     async def _read_stream(
         self, tracker: EventTracker, trace: RequestTrace, start: float, deadline: float
     ) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
-        timeouts = self.timeouts
-        url = f"{self.url}{self._info_prefix()}/queue/data"
+        read, idle = self.timeouts.read, self.timeouts.idle
+        # The session hash is hex: the query needs no encoding, and a URL built from an
+        # encoded string skips yarl's parsing and quoting on every request.
+        url = URL(f"{self._routes(self._info_prefix())[1]}?session_hash={trace.session_hash}",
+                  encoded=True)
         decoder = SSEDecoder(self.max_line_bytes)
         async with self._http().get(
             url,
-            params={"session_hash": trace.session_hash},
-            headers={**self._headers, "Accept": "text/event-stream"},
+            headers=self._stream_headers,
             proxy=self.proxy,
             timeout=self._http_timeout,
         ) as resp:
@@ -397,41 +414,49 @@ class GradioQueueClient:
                 )
             content = resp.content
             last_text = 0.0
-            while True:
-                now = loop.time()
-                when = min(deadline, now + timeouts.read)
-                if last_text:
-                    when = min(when, last_text + timeouts.idle)
-                try:
-                    async with timeout_at(when):
+            max_chars = self.max_answer_chars
+            # One timeout for the whole stream, armed around each read (cheaper than a
+            # new timeout context per read) and disarmed while a delta is yielded: the
+            # caller's time is not the server's silence.
+            timeout = timeout_at(None)
+            try:
+                async with timeout:
+                    while True:
+                        when = min(deadline, loop.time() + read)
+                        if last_text:
+                            when = min(when, last_text + idle)
+                        timeout.reschedule(when)
                         chunk = await content.readany()
-                except asyncio.TimeoutError:
-                    raise self._timeout_error(loop.time(), deadline, last_text) from None
-                if not chunk:
-                    decoder.close()
-                    raise StreamEndedError(
-                        "the event stream ended before the job completed"
-                        if tracker.started else "the event stream ended before the job started"
-                    )
-                for event in decoder.feed(chunk):
-                    delta = tracker.handle(parse_message(event.data))
-                    if tracker.started and trace.queue_ms is None:
-                        trace.queue_ms = (loop.time() - start) * 1000.0
-                    if delta:
-                        last_text = loop.time()
-                        if trace.ttft_ms is None:
-                            trace.ttft_ms = (last_text - start) * 1000.0
-                        trace.chunks += 1
-                        if self.max_answer_chars and len(tracker.emitted) > self.max_answer_chars:
-                            raise ResponseTooLargeError(
-                                f"answer longer than {self.max_answer_chars} characters"
+                        if not chunk:
+                            decoder.close()
+                            raise StreamEndedError(
+                                "the event stream ended before the job completed"
+                                if tracker.started else "the event stream ended before the job started"
                             )
-                        yield delta
-                    if tracker.queue_rank is not None and (
-                            trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
-                        trace.queue_rank = tracker.queue_rank  # the deepest we waited
-                    if tracker.done:
-                        return
+                        now = loop.time()
+                        for event in decoder.feed(chunk):
+                            delta = tracker.handle(parse_message(event.data))
+                            if tracker.started and trace.queue_ms is None:
+                                trace.queue_ms = (now - start) * 1000.0
+                            if tracker.grew:
+                                last_text = now
+                                if trace.ttft_ms is None:
+                                    trace.ttft_ms = (now - start) * 1000.0
+                                trace.chunks += 1
+                                if max_chars and tracker.text_chars > max_chars:
+                                    raise ResponseTooLargeError(
+                                        f"answer longer than {max_chars} characters"
+                                    )
+                                if delta:
+                                    timeout.reschedule(None)
+                                    yield delta
+                            if tracker.queue_rank is not None and (
+                                    trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
+                                trace.queue_rank = tracker.queue_rank  # the deepest we waited
+                            if tracker.done:
+                                return
+            except asyncio.TimeoutError:
+                raise self._timeout_error(loop.time(), deadline, last_text) from None
 
     def _info_prefix(self) -> str:
         return self._info.api_prefix if self._info is not None else DEFAULT_SPACE_INFO.api_prefix

@@ -177,26 +177,39 @@ class EventTracker:
     value. If the streamed text ever stops being a prefix of the answer (a
     ``replace`` rewrote it), nothing more is streamed and ``diverged`` is set:
     the caller decides whether the final text may still be used.
+
+    With ``track_text=False`` (a caller that wants only the final answer) the
+    streamed chunks are not applied: each one only adds the length of the text it
+    appends to ``text_chars``, and ``handle`` returns ``""`` until the end. Either
+    way ``grew`` tells whether the last message added text (for time-to-first-token,
+    chunk counts and idle timeouts) and ``text_chars`` how long the answer is so far.
     """
 
     __slots__ = (
         "_chatbot",
         "_diffs",
         "_outputs",
+        "_track",
         "diverged",
         "done",
         "emitted",
         "event_id",
         "final_text",
+        "grew",
         "queue_eta",
         "queue_rank",
         "queue_size",
         "started",
+        "text_chars",
     )
 
-    def __init__(self, event_id: str, *, diffs: bool = True, chatbot_index: int = 1) -> None:
+    def __init__(self, event_id: str, *, diffs: bool = True, chatbot_index: int = 1,
+                 track_text: bool = True) -> None:
         self.event_id = event_id
         self._diffs = diffs
+        self._track = track_text
+        self.grew = False
+        self.text_chars = 0
         self._chatbot = chatbot_index
         self._outputs: list[Any] | None = None
         self.emitted = ""
@@ -211,6 +224,7 @@ class EventTracker:
     def handle(self, message: Mapping[str, Any]) -> str:
         """Process one decoded message; return the text it adds to the answer."""
         kind = message.get("msg")
+        self.grew = False
         event_id = message.get("event_id")
         if event_id is not None and event_id != self.event_id:
             return ""  # another event on a shared session
@@ -251,7 +265,9 @@ class EventTracker:
         if not isinstance(data, list):
             raise ProtocolError("process_generating without output.data")
         if self._outputs is None or not self._diffs:
-            self._outputs = _copy(data)
+            self._outputs = data  # a freshly decoded message: ours alone, no copy needed
+        elif not self._track:
+            return self._measure(data)
         else:
             if len(data) != len(self._outputs):
                 raise ProtocolError("diff message has a different number of outputs")
@@ -261,13 +277,38 @@ class EventTracker:
         answer = self._answer(self._outputs)
         return self._advance(answer) if answer is not None else ""
 
+    def _measure(self, data: list[Any]) -> str:
+        """Untracked diff message: count the text it adds to the chatbot, apply nothing."""
+        if len(data) <= self._chatbot:
+            raise ProtocolError(f"output data has no chatbot value at index {self._chatbot}")
+        edits = data[self._chatbot]
+        if not isinstance(edits, list):
+            raise ProtocolError(f"diff must be a list of edits, got {type(edits).__name__}")
+        added = 0
+        for edit in edits:
+            if not isinstance(edit, (list, tuple)) or len(edit) != 3:
+                raise ProtocolError(f"malformed diff edit: {_short(edit)}")
+            if isinstance(edit[2], str):
+                added += len(edit[2])
+        if added:
+            self.grew = True
+            self.text_chars += added
+        return ""
+
     def _advance(self, answer: str) -> str:
+        if not self._track:
+            if len(answer) != self.text_chars:
+                self.grew = len(answer) > self.text_chars
+                self.text_chars = len(answer)
+            return ""
         if self.diverged:
             return ""
         emitted = self.emitted
         if answer.startswith(emitted):
             delta = answer[len(emitted) :]
             self.emitted = answer
+            self.grew = bool(delta)
+            self.text_chars = len(answer)
             return delta
         self.diverged = True
         return ""

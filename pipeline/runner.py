@@ -155,6 +155,9 @@ async def run_batch(
     window = 2 * settings.concurrency
     queued: deque[tuple[PromptRow, int]] = deque()
     pending: set[asyncio.Task[Result | None]] = set()
+    # Tasks put themselves here when they end (None: `stop` was set). Waiting on this
+    # queue costs the same at any window; asyncio.wait over `pending` costs O(window).
+    ended: asyncio.Queue[asyncio.Task[Result | None] | None] = asyncio.Queue()
     source = _aiter(rows)
     exhausted = False
 
@@ -246,12 +249,15 @@ async def run_batch(
 
     timer = loop.call_later(settings.deadline, on_deadline) if settings.deadline is not None else None
     stopper: asyncio.Task[Any] = asyncio.ensure_future(stop.wait())
+    stopper.add_done_callback(lambda _: ended.put_nowait(None))
     try:
         while True:
             while not stop.is_set() and not drain.is_set() and len(pending) < window:
                 if queued:
                     row, sample = queued.popleft()
-                    pending.add(asyncio.create_task(job(row, sample)))
+                    task = asyncio.create_task(job(row, sample))
+                    task.add_done_callback(ended.put_nowait)
+                    pending.add(task)
                     continue
                 if exhausted:
                     break
@@ -279,16 +285,15 @@ async def run_batch(
                     elif isinstance(result, asyncio.CancelledError):
                         state.unfinished += 1
                 break
-            done, _ = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stopper:
-                    continue
-                pending.discard(task)
-                result = task.result()
-                if result is None:
-                    continue
-                note(result)
-                yield result
+            ended_task = await ended.get()
+            if ended_task is None:
+                continue  # stop was set: handled at the top of the loop
+            pending.discard(ended_task)
+            result = ended_task.result()
+            if result is None:
+                continue
+            note(result)
+            yield result
     finally:
         if timer is not None:
             timer.cancel()

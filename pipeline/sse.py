@@ -16,9 +16,13 @@ from .errors import ProtocolError
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SSEEvent:
-    """One dispatched event. ``event`` is ``"message"`` when the stream names none."""
+    """One dispatched event. ``event`` is ``"message"`` when the stream names none.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``,
+    which is measurable at one event per streamed chunk.
+    """
 
     data: str
     event: str = "message"
@@ -66,7 +70,10 @@ class SSEDecoder:
             lines = buf.split(b"\n")
             self._buf = lines.pop()
             for line in lines:
-                self._line(line, events)
+                if line[:5] == b"data:":  # nearly every line: skip the general parser
+                    self._add_data(line[6:] if line[5:6] == b" " else line[5:])
+                else:
+                    self._line(line, events)
         else:
             start = 0
             for match in _EOL.finditer(buf):
@@ -99,20 +106,14 @@ class SSEDecoder:
             self._data_size = 0
             self._event = ""
             return
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"server-sent event line is not valid UTF-8: {exc}") from None
+        line = _decode(raw)
         if line[0] == ":":
             return
         name, sep, value = line.partition(":")
         if sep and value[:1] == " ":
             value = value[1:]
         if name == "data":
-            self._data.append(value)
-            self._data_size += len(value)
-            if self._max_line is not None and self._data_size > self._max_line:
-                raise ProtocolError(f"server-sent event larger than {self._max_line} bytes")
+            self._append(value)
         elif name == "event":
             self._event = value
         elif name == "id":
@@ -120,3 +121,19 @@ class SSEDecoder:
                 self._id = value
         elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
+
+    def _add_data(self, raw: bytes) -> None:
+        self._append(_decode(raw))
+
+    def _append(self, value: str) -> None:
+        self._data.append(value)
+        self._data_size += len(value)
+        if self._max_line is not None and self._data_size > self._max_line:
+            raise ProtocolError(f"server-sent event larger than {self._max_line} bytes")
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"server-sent event line is not valid UTF-8: {exc}") from None

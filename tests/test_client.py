@@ -231,3 +231,21 @@ def test_session_hashes_are_fresh_12_hex() -> None:
     hashes = {new_session_hash() for _ in range(1000)}
     assert len(hashes) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{12}", h) for h in hashes)
+
+
+async def test_complete_records_the_same_timings_without_following_the_text(mocked) -> None:
+    mock_space(mocked, stream=happy_stream())
+    trace = RequestTrace(new_session_hash())
+    async with GradioQueueClient(URL) as client:
+        completion = await client.complete("q", "sys", trace=trace)
+    assert completion.text == "no no no café" and completion.trace is trace
+    assert trace.chunks == 4 and trace.queue_rank == 2
+    assert trace.queue_ms is not None and trace.ttft_ms is not None
+    assert trace.queue_ms <= trace.ttft_ms <= trace.duration_ms
+
+
+async def test_complete_enforces_max_answer_chars_from_the_chunks(mocked) -> None:
+    mock_space(mocked, stream=happy_stream(words=("abc", "defg", "hij")))
+    async with GradioQueueClient(URL, max_answer_chars=8) as client:
+        with pytest.raises(errors.ResponseTooLargeError):
+            await client.complete("q")

@@ -265,3 +265,16 @@ async def test_space_states_are_typed(space, state: str, retryable: bool) -> Non
         with pytest.raises(errors.SpaceUnavailableError) as info:
             await client.complete("hello")
     assert info.value.state == state and info.value.retryable is retryable
+
+
+async def test_a_slow_reader_of_the_stream_is_not_a_server_timeout(space) -> None:
+    """The read/idle timeouts measure the server's silence, not the caller's pauses."""
+    space.space.config.latency = 0.05
+    timeouts = Timeouts(idle=0.3, read=0.3, total=30)
+    async with GradioQueueClient(space.url, timeouts=timeouts) as client:
+        pieces = []
+        async for piece in client.stream("a slow reader"):
+            pieces.append(piece)
+            await asyncio.sleep(0.4)  # longer than both timeouts, while data waits unread
+    assert "".join(pieces) == fake_answer("a slow reader", DEFAULT_SYSTEM_PROMPT)
+    assert len(pieces) > 2

@@ -221,3 +221,31 @@ def test_full_values_every_time_without_diffs() -> None:
         delta = tracker.handle({"msg": "process_generating", "event_id": "e",
                                 "output": {"data": ["", [["q", text]], ""]}, "success": True})
         assert delta == text[-1]
+
+
+@pytest.mark.parametrize(("stream", "event_id"), SUCCESSFUL)
+def test_untracked_tracker_measures_the_text_and_keeps_the_final_answer(
+        stream: CapturedStream, event_id: str) -> None:
+    tracked, untracked = EventTracker(event_id), EventTracker(event_id, track_text=False)
+    for message in stream.messages:
+        assert untracked.handle(copy.deepcopy(message)) == ""
+        tracked.handle(message)
+        assert untracked.grew == tracked.grew  # the same chunks count as text
+        assert untracked.text_chars == tracked.text_chars
+    final = answer_from_history(completed_ok(events_of(stream)[event_id])["output"]["data"][1])
+    assert untracked.done and untracked.final_text == final
+    assert untracked.text_chars == len(final) and untracked.emitted == ""
+
+
+def test_untracked_tracker_still_rejects_malformed_diffs() -> None:
+    tracker = EventTracker("e", track_text=False)
+    first = {"msg": "process_generating", "event_id": "e",
+             "output": {"data": ["", [["q", "Hi"]], ""]}, "success": True}
+    assert tracker.handle(first) == "" and tracker.grew and tracker.text_chars == 2
+    bad = {"msg": "process_generating", "event_id": "e",
+           "output": {"data": [[], [["append", [0, 1]]], []]}, "success": True}
+    with pytest.raises(ProtocolError):
+        tracker.handle(bad)
+    short = {"msg": "process_generating", "event_id": "e", "output": {"data": [[]]}, "success": True}
+    with pytest.raises(ProtocolError):
+        tracker.handle(short)
