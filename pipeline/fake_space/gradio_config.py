@@ -128,45 +128,12 @@ def build_gradio_config(major: int, root: str) -> dict[str, Any]:
     """The /config document of a Gradio ``major`` (4 or 6) app served at ``root``."""
     components = _components(major)
     deps = _dependencies(major)
-    common_head: dict[str, Any] = {
+    head: dict[str, Any] = {
         "mode": "blocks",
         "app_id": 3743180796211468310 if major == 4 else 9224228587504389302,
         "dev_mode": False,
     }
-    if major == 4:
-        return {
-            "version": "4.44.1",
-            **common_head,
-            "analytics_enabled": False,
-            "components": components,
-            "css": None,
-            "connect_heartbeat": False,
-            "js": None,
-            "head": None,
-            "title": "Gradio",
-            "space_id": None,
-            "enable_queue": True,
-            "show_error": False,
-            "show_api": True,
-            "is_colab": False,
-            "max_file_size": None,
-            "stylesheets": [],
-            "theme": "default",
-            "protocol": "sse_v3",
-            "body_css": {},
-            "fill_height": False,
-            "fill_width": False,
-            "theme_hash": "",
-            "layout": _LAYOUT,
-            "dependencies": deps,
-            "root": root,
-            "username": None,
-        }
-    return {
-        "version": "6.31.0",
-        "api_prefix": "/gradio_api",
-        **common_head,
-        "vibe_mode": False,
+    shared: dict[str, Any] = {  # the keys both versions send, with the same values
         "analytics_enabled": False,
         "components": components,
         "css": None,
@@ -177,8 +144,6 @@ def build_gradio_config(major: int, root: str) -> dict[str, Any]:
         "space_id": None,
         "enable_queue": True,
         "show_error": False,
-        "footer_links": ["api", "gradio", "settings", "runs"],
-        "run_history": True,
         "is_colab": False,
         "max_file_size": None,
         "stylesheets": [],
@@ -188,6 +153,26 @@ def build_gradio_config(major: int, root: str) -> dict[str, Any]:
         "fill_height": False,
         "fill_width": False,
         "theme_hash": "",
+    }
+    if major == 4:
+        return {
+            "version": "4.44.1",
+            **head,
+            **shared,
+            "show_api": True,
+            "layout": _LAYOUT,
+            "dependencies": deps,
+            "root": root,
+            "username": None,
+        }
+    return {
+        "version": "6.31.0",
+        "api_prefix": "/gradio_api",
+        **head,
+        "vibe_mode": False,
+        **shared,
+        "footer_links": ["api", "gradio", "settings", "runs"],
+        "run_history": True,
         "pwa": False,
         "pages": [["", "Home", True]],
         "page": {

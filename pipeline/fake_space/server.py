@@ -147,13 +147,19 @@ class FakeSpace(Engine):
             return _json({"detail": str(exc)}, 400)
         return _json(self.config.to_dict())
 
-    async def _h_join(self, request: web.Request) -> web.Response:
+    async def _json_body(self, request: web.Request) -> Any:
+        """The request's JSON body, or the response gradio gives when down or unparsable."""
         if self.config.down:
             return _bad_gateway()
         try:
-            body = await request.json()
+            return await request.json()
         except ValueError:
             return _json({"detail": [{"type": "json_invalid", "msg": "JSON decode error"}]}, 422)
+
+    async def _h_join(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         if not isinstance(body, dict) or "data" not in body:
             return _json({"detail": [{"type": "missing", "loc": ["body", "data"]}]}, 422)
         key = body.get("session_hash")
@@ -174,12 +180,9 @@ class FakeSpace(Engine):
         return web.Response(text=f'{{"event_id":"{result}"}}', content_type="application/json")
 
     async def _h_cancel(self, request: web.Request) -> web.Response:
-        if self.config.down:
-            return _bad_gateway()
-        try:
-            body = await request.json()
-        except ValueError:
-            return _json({"detail": [{"type": "json_invalid", "msg": "JSON decode error"}]}, 422)
+        body = await self._json_body(request)
+        if isinstance(body, web.Response):
+            return body
         event_id = body.get("event_id") if isinstance(body, dict) else None
         if isinstance(event_id, str):
             self.cancel(event_id)
