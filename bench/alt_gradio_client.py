@@ -14,7 +14,6 @@ code is 1 when any row failed.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -24,6 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from client_args import parse_client_args
 from gradio_client import Client
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
@@ -42,14 +42,7 @@ def answer_of(chatbot: list) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--url", required=True)
-    p.add_argument("--concurrency", type=int, default=32)
-    args = p.parse_args(argv)
-    if not args.url.startswith("http://127.0.0.1:"):
-        sys.exit("loopback URLs only")
+    args = parse_client_args(argv)
     # The client's one shared SSE listener runs in the same thread pool as the jobs: with
     # max_workers == jobs in flight it never starts and every job waits forever (seen
     # with gradio_client 1.3.0). Leave it room.

@@ -17,6 +17,8 @@ import asyncio
 import json
 import sys
 
+from client_args import parse_client_args
+
 from pipeline import Qwen_Qwen_2_72B
 
 
@@ -43,14 +45,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--url", required=True)
-    p.add_argument("--concurrency", type=int, default=32)
-    args = p.parse_args(argv)
-    if not args.url.startswith("http://127.0.0.1:"):
-        sys.exit("loopback URLs only")
+    args = parse_client_args(argv)
     return asyncio.run(main_async(args))
 
 
