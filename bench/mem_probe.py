@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     import pipeline.cli  # noqa: F401 - the same imports as a run
     from pipeline.jobs import KeySet, PlanCounters, plan_rows
     from pipeline.models import RequestTrace, Success, utc_now
-    from pipeline.readers import RowSpec, read_records
+    from pipeline.readers import read_records
     from pipeline.records import encode_record, success_record
+    from pipeline.rowspec import RowSpec
 
     level = STAGES.index(args.stage)
     out: dict[str, object] = {"stage": args.stage, "rows": 0, "patched": args.patch_reader}

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
+from .alloc import pin_mmap_threshold
 from .client import DEFAULT_URL, Timeouts
 from .engines import open_engine
 from .errorlog import compact_errors
@@ -24,9 +25,10 @@ from .jobs import KeySet, PlanCounters, plan_rows
 from .lock import OutputLock
 from .models import Failure, PromptRow, Success, iso_utc, utc_now
 from .progress import Progress
-from .readers import RowSpec, detect_format, read_records
+from .readers import detect_format, read_records
 from .records import failure_record, success_record
 from .retry import RetryPolicy
+from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
 from .summary import RunSummary
 from .writers import JsonlAppender, open_output
@@ -124,7 +126,11 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
     errors_sink: JsonlAppender | None = None
     try:
         done = KeySet(output.iter_done_keys())
-        compact_errors(options.errors, done)
+        # Only the rows failed in an earlier run need their success noted in ``done``
+        # (to drop their error record at the end); adding every success would cost a key
+        # per row of the whole run.
+        failed_before = KeySet()
+        compact_errors(options.errors, done, remaining=failed_before)
         errors_sink = JsonlAppender(options.errors)
         counters = PlanCounters()
         rows = plan_rows(records, options.spec, done=done, samples=options.samples,
@@ -157,7 +163,9 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
                         skipped = counters.skipped_done
                     if isinstance(result, Success):
                         output.write(success_record(result))
-                        done.add(result.row.id, result.sample)
+                        key = (result.row.id, result.sample)
+                        if failed_before and key in failed_before:
+                            done.add(*key)
                     else:
                         assert isinstance(result, Failure)
                         errors_sink.write(failure_record(result))
@@ -225,6 +233,7 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
 async def run(options: RunOptions) -> RunOutcome:
     """Run one batch job; the exit code says how it ended (see the README's table)."""
     summary = RunSummary(output=options.output, errors_file=options.errors)
+    pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()
     lock = OutputLock(options.output)

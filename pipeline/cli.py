@@ -34,7 +34,7 @@ from .errors import (
     QwenBatchError,
 )
 from .provider import Qwen_Qwen_2_72B
-from .readers import RowSpec
+from .rowspec import RowSpec
 from .writers import default_errors_path, default_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

@@ -20,15 +20,18 @@ def failure_key(record: Mapping[str, Any]) -> tuple[str, int]:
     row that rightly holds that id (and is done).
     """
     record_id = record.get("id")
-    if record_id is None or record.get("error_type") == "input":
-        key = f"@{record.get('position')}"
-    else:
-        key = str(record_id)
+    by_position = record_id is None or record.get("error_type") == "input"
+    key = f"@{record.get('position')}" if by_position else str(record_id)
     return key, int(record.get("sample") or 0)
 
 
 def compact_errors(
-    path: str, done: KeySet, *, reread_below: int = 0, run_started: str | None = None
+    path: str,
+    done: KeySet,
+    *,
+    reread_below: int = 0,
+    run_started: str | None = None,
+    remaining: KeySet | None = None,
 ) -> int:
     """Rewrite ``path`` keeping the newest record per row and dropping rows now done.
 
@@ -36,7 +39,8 @@ def compact_errors(
     stale or repeated error records. Bad-input records from before ``run_started``
     (ISO time) at positions below ``reread_below`` are dropped too: this run read
     those rows again and re-reported them if they are still bad. The rewrite is
-    atomic (temp file + rename); returns how many records remain.
+    atomic (temp file + rename); returns how many records remain. The keys of the
+    records that remain are added to ``remaining`` if given (the rows a run retries).
     """
     if path == "-" or not os.path.exists(path):
         return 0
@@ -59,6 +63,9 @@ def compact_errors(
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise OutputError(f"cannot rewrite the errors file {path}: {exc.strerror or exc}") from exc
+    if remaining is not None:
+        for row_id, sample in latest:
+            remaining.add(row_id, sample)
     return len(latest)
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pipeline.errors import InputError
 from pipeline.jobs import KeySet, PlanCounters, plan_rows
 from pipeline.models import Failure, PromptRow, RawRecord
-from pipeline.readers import RowSpec, read_records
+from pipeline.readers import read_records
+from pipeline.rowspec import RowSpec
 
 SPEC = RowSpec()
 

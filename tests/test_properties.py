@@ -40,7 +40,8 @@ from pipeline.errors import (
 )
 from pipeline.gradio import EventTracker, answer_from_history, apply_diff, parse_message
 from pipeline.models import PromptRow, RawRecord
-from pipeline.readers import RowSpec, build_prompt_row, read_records
+from pipeline.readers import read_records
+from pipeline.rowspec import RowSpec, build_prompt_row
 from pipeline.space_config import SUPPORTED_PROTOCOLS, SpaceInfo, parse_space_config
 from pipeline.sse import SSEDecoder, SSEEvent
 

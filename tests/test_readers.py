@@ -1,4 +1,4 @@
-"""Tests for pipeline.readers: streaming JSONL/Parquet reading and record-to-prompt mapping."""
+"""Tests for pipeline.readers: streaming JSONL/Parquet reading, bad records as error items."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ConfigError, InputError, InputFileError
+from pipeline.alloc import use_system_arrow_pool
+from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
-from pipeline.readers import RowSpec, build_prompt_row, detect_format, read_records
+from pipeline.readers import detect_format, read_records
 
 
 def write_lines(path: Path, *lines: bytes | str) -> str:
@@ -201,6 +202,42 @@ def test_parquet_oversized_value_is_an_error_record(tmp_path: Path) -> None:
     assert isinstance(items[2], RawRecord) and items[2].position == 2
 
 
+@pytest.mark.parametrize("row_group_size", [None, 7], ids=["one-row-group", "row-groups-of-7"])
+def test_parquet_streams_every_row_of_one_or_many_row_groups(tmp_path: Path,
+                                                           row_group_size: int | None) -> None:
+    # pq.write_table's default writes the whole file as one row group (what the reader
+    # must not load at once); both layouts read back whole and in order.
+    path = str(tmp_path / "in.parquet")
+    prompts = [f"{i:04d}" + "x" * 2000 for i in range(100)]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(100)], "prompt": prompts}), path,
+                   row_group_size=row_group_size)
+    assert pq.ParquetFile(path).num_row_groups == (1 if row_group_size is None else 15)
+    items = list(read_records(path, batch_size=16))
+    assert all(isinstance(i, RawRecord) for i in items)
+    assert [i.values["prompt"] for i in items] == prompts  # type: ignore[union-attr]
+    assert [i.position for i in items] == list(range(100))
+
+
+def test_parquet_is_read_page_by_page_with_the_system_allocator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    use_system_arrow_pool.cache_clear()  # switched once per process: make this call the first
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"prompt": ["a", "b"]}), path)
+    opened: list[dict[str, Any]] = []
+    real = pq.ParquetFile
+
+    def spy(source: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", spy)
+    assert len(list(read_records(path))) == 2
+    assert opened == [{"pre_buffer": False, "buffer_size": 1 << 20}]
+    assert pa.default_memory_pool().backend_name == "system"
+
+
 @pytest.mark.parametrize("name", ["missing.jsonl", "missing.parquet"])
 def test_missing_file_raises_at_call_time(tmp_path: Path, name: str) -> None:
     path = str(tmp_path / name)
@@ -220,126 +257,3 @@ def test_unknown_suffix_raises(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match=r"\.txt"):
         read_records(path)
     assert len(list(read_records(path, "jsonl"))) == 1
-
-
-# --- build_prompt_row -------------------------------------------------------------------------
-
-LOC = "in.jsonl:7"
-
-
-def row(values: dict[str, Any], spec: RowSpec | None = None, position: int = 6) -> Any:
-    return build_prompt_row(RawRecord(position, LOC, values), spec or RowSpec())
-
-
-def error(values: dict[str, Any], spec: RowSpec | None = None) -> InputError:
-    with pytest.raises(InputError) as info:
-        row(values, spec)
-    assert info.value.location == LOC and str(info.value).startswith(LOC)
-    return info.value
-
-
-def test_prompt_field_with_id_system_and_keep() -> None:
-    spec = RowSpec(keep=("lang", "absent"), default_system="default")
-    result = row({"id": 42, "prompt": "Hi", "system": "Be brief", "lang": "en"}, spec)
-    assert (result.id, result.position, result.prompt, result.system) == ("42", 6, "Hi", "Be brief")
-    assert result.keep == {"lang": "en", "absent": None}
-    assert result.location == LOC
-
-
-def test_defaults_id_from_position_and_system_from_spec() -> None:
-    result = row({"prompt": "Hi"}, RowSpec(default_system="sys"))
-    assert (result.id, result.system) == ("6", "sys")
-    assert row({"prompt": "Hi"}).system is None
-
-
-def test_custom_field_names() -> None:
-    spec = RowSpec(prompt_field="q", id_field="key", system_field="sys")
-    result = row({"q": "question", "key": "k1", "sys": "s"}, spec)
-    assert (result.id, result.prompt, result.system) == ("k1", "question", "s")
-
-
-def test_template_renders_plain_fields() -> None:
-    spec = RowSpec(template="Translate to {lang}: {text}")
-    assert row({"lang": "French", "text": "cat", "prompt": "ignored"}, spec).prompt == (
-        "Translate to French: cat"
-    )
-
-
-def test_template_missing_or_null_field_names_it() -> None:
-    spec = RowSpec(template="{a} and {b}")
-    for values in ({"a": 1}, {"a": 1, "b": None}):
-        err = error(values, spec)
-        assert err.field == "b" and "missing field 'b'" in str(err)
-
-
-def test_template_bad_format_spec_is_an_input_error() -> None:
-    err = error({"n": "text"}, RowSpec(template="{n:d}"))
-    assert err.field == "n" and "template" in str(err)
-
-
-@pytest.mark.parametrize(
-    "template", ["{a.__class__}", "{a[0]}", "{}", "{0.real}", "{a", "{a:{b.c}}"]
-)
-def test_unsafe_or_invalid_templates_are_rejected_up_front(template: str) -> None:
-    with pytest.raises(ConfigError):
-        RowSpec(template=template)
-
-
-def test_prompt_wrong_type_and_empty() -> None:
-    err = error({"prompt": 3})
-    assert err.field == "prompt" and "expected a string, got int" in str(err)
-    assert "field 'prompt'" in str(err)
-    assert error({"prompt": "  "}).field == "prompt"
-
-
-def test_missing_prompt_and_messages() -> None:
-    err = error({"id": "x", "text": "hello"})
-    assert "missing field 'prompt'" in str(err) and err.field == "prompt"
-
-
-def test_null_prompt_counts_as_absent() -> None:
-    result = row({"prompt": None, "messages": [{"role": "user", "content": "hi"}]})
-    assert result.prompt == "hi"
-
-
-def test_messages_single_turn_and_system() -> None:
-    messages = [{"role": "system", "content": "S1"}, {"role": "system", "content": "S2"},
-                {"role": "user", "content": "Q"}]
-    result = row({"messages": messages}, RowSpec(default_system="default"))
-    assert (result.prompt, result.system) == ("Q", "S1\nS2")
-
-
-def test_messages_row_system_field_wins() -> None:
-    messages = [{"role": "system", "content": "S1"}, {"role": "user", "content": "Q"}]
-    assert row({"messages": messages, "system": "row"}).system == "row"
-
-
-def test_messages_multi_turn_is_folded() -> None:
-    messages = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
-                {"role": "user", "content": "C"}]
-    result = row({"messages": messages})
-    assert result.prompt == "User: A\nAssistant: B\nUser: C\nAssistant:"
-    assert result.system is None
-
-
-@pytest.mark.parametrize(
-    "messages",
-    ["just text", [{"role": "user"}], [{"role": "user", "content": 5}], ["x"],
-     [{"role": "system", "content": "only a system"}]],
-)
-def test_bad_messages_name_the_field(messages: Any) -> None:
-    assert error({"messages": messages}).field == "messages"
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [(True, "got bool"), (1.5, "got float"), ("", "empty"), (None, "got null"), ([1], "got list")],
-)
-def test_bad_ids(value: Any, text: str) -> None:
-    err = error({"id": value, "prompt": "p"})
-    assert err.field == "id" and text in str(err)
-
-
-def test_system_wrong_type() -> None:
-    err = error({"prompt": "p", "system": ["a"]})
-    assert err.field == "system" and "expected a string, got list" in str(err)

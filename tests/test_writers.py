@@ -1,4 +1,4 @@
-"""Tests for pipeline.writers: crash-safe JSONL appends and the journal-backed Parquet output."""
+"""Tests for pipeline.writers and pipeline.parquet_output: crash-safe JSONL and journal-backed Parquet."""
 
 from __future__ import annotations
 
@@ -23,13 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import OutputError
+from pipeline.parquet_output import JSON_ENCODED, OUTPUT_SCHEMA, ParquetOutput
 from pipeline.records import encode_record
 from pipeline.writers import (
-    JSON_ENCODED,
-    OUTPUT_SCHEMA,
     JsonlAppender,
     JsonlOutput,
-    ParquetOutput,
     default_errors_path,
     default_output_path,
     iter_jsonl_records,
@@ -292,7 +290,7 @@ def test_parquet_crash_keeps_journal_and_resumes(tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     code = """
         import os, signal, sys
-        from pipeline.writers import ParquetOutput
+        from pipeline.parquet_output import ParquetOutput
         out = ParquetOutput(sys.argv[1])
         for i in range(30):
             out.write({"id": str(i), "sample": i % 2, "completion": "c"})
