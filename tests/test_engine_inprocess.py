@@ -8,6 +8,7 @@ default suite. tests/test_engine_ray.py runs the real thing on a local Ray.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections import Counter
@@ -25,7 +26,7 @@ from pipeline.cli import main
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
-from pipeline.readers import RowSpec
+from pipeline.rowspec import RowSpec
 from pipeline.writers import iter_jsonl_records
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
@@ -195,3 +196,36 @@ def test_run_help_documents_the_engine_options() -> None:
     result = CliRunner().invoke(main, ["run", "--help"])
     for option in ("--engine", "--address", "--actors", "--per-actor-concurrency"):
         assert option in result.output
+
+
+async def test_tables_reach_the_driver_while_their_block_runs(tmp_path: Path,
+                                                              space: RunningFakeSpace) -> None:
+    # One actor, one block of 6 rows, the last of which stalls (never answers by itself):
+    # the driver side gets the other five results while it is still in flight.
+    from pipeline.engines.actor import ActorConfig
+    from pipeline.engines.distributed import Spool
+    from pipeline.engines.inprocess import InProcessExecutor
+    from pipeline.models import PromptRow
+
+    executor = InProcessExecutor(actors=1, per_actor=3)
+    spool = Spool(str(tmp_path / "spool"), samples=1, block_rows=executor.block_rows)
+    for i in range(6):
+        spool.add(PromptRow(f"r{i}", i, f"question {i}" + (" [fault:stall]" if i == 5 else "")))
+    spool.flush()
+    assert pq.read_table(spool.paths[0]).num_rows == 1  # one spool row: one block of 12
+    config = ActorConfig(urls=(space.url,), concurrency=3, adaptive=False, timeouts=TIMEOUTS)
+
+    def first_five() -> tuple[int, int]:
+        ok = 0
+        for tables, table in enumerate(executor.batches(spool, config), 1):
+            ok += table.column("kind").to_pylist().count("ok")
+            if ok == 5:
+                return tables, space.space.stats.running
+        raise AssertionError("the results ended early")
+
+    try:
+        tables, running = await asyncio.to_thread(first_five)
+    finally:
+        await asyncio.to_thread(executor.close)
+        spool.remove()
+    assert running == 1 and tables >= 2

@@ -1,27 +1,33 @@
 """The per-actor callable of distributed engines: a batch of encoded rows in, result rows out.
 
-:class:`PromptBatchCallable` is what Ray Data's ``map_batches`` instantiates once per
-actor, but nothing here imports Ray: tests (and the in-process executor) call it
-directly. Per actor it keeps, across every batch it is given:
+:class:`PromptBatchCallable` is what every Ray actor runs (behind
+:class:`~.stream.StreamingCallable`), but nothing here imports Ray: tests (and the
+in-process executor) call it directly. Per actor it keeps, across every batch it is
+given:
 
 * one pooled ``aiohttp`` session and one :class:`~pipeline.client.GradioQueueClient`
   per endpoint, in an :class:`~pipeline.endpoints.EndpointPool` (the circuit breakers
   and failover rules of the local engine);
 * one :class:`~pipeline.limits.AdaptiveLimit` (AIMD, as locally) and one
-  :class:`~pipeline.limits.RateLimiter` in front of that pool (:class:`ActorPool`). Ray
-  runs several batches of one actor at once (4 per task by default), each a
+  :class:`~pipeline.limits.RateLimiter` in front of that pool
+  (:class:`~.actor_pool.ActorPool`). Several calls may run at once on one actor (Ray
+  gives it one block at a time, but a caller may run more), each a
   :func:`~pipeline.runner.run_batch` with its own window: this shared limit is what
   bounds the requests in flight of the actor to ``concurrency``;
 * one :class:`~pipeline.runner.BatchState` and stop switch, so an endpoint that is down
   (or ``max_consecutive_failures`` rows failing in a row) stops the actor's later batches
   too.
 
-A call never raises for a row: each job becomes a ``kind="ok"`` row holding exactly
-:func:`~pipeline.records.success_record` or a ``kind="error"`` row holding exactly
-:func:`~pipeline.records.failure_record` (as JSON text, see :mod:`.codec`). A batch
-whose endpoints went down adds one ``kind="down"`` row (the driver stops the run, exit
-4); every batch ends with one ``kind="stats"`` row (the actor's counters, for the
-summary). Rows left undone (deadline, down) produce no row: the next run does them.
+A call is an async generator: it yields result tables *while* the batch runs, so
+that a crash loses only what is in flight. A table goes out once ``flush_rows``
+results are waiting, or ``flush_interval`` seconds after the last one went out if
+anything is waiting. A call never raises for a row: each job becomes a
+``kind="ok"`` row holding exactly :func:`~pipeline.records.success_record` or a
+``kind="error"`` row holding exactly :func:`~pipeline.records.failure_record` (as
+JSON text, see :mod:`.codec`). The last table of a call ends with one
+``kind="stats"`` row (the actor's counters, for the summary), after one
+``kind="down"`` row if its endpoints went down (the driver stops the run, exit 4).
+Rows left undone (deadline, down) produce no row: the next run does them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +46,14 @@ import aiohttp
 import pyarrow as pa
 
 from pipeline.client import GradioQueueClient, Timeouts
-from pipeline.endpoints import Completer, Endpoint, EndpointPool
-from pipeline.errors import EndpointDownError, RequestError
+from pipeline.endpoints import EndpointPool
+from pipeline.errors import EndpointDownError
 from pipeline.limits import AdaptiveLimit, RateLimiter
-from pipeline.models import Completion, Failure, PromptRow, RequestTrace
+from pipeline.models import Failure, PromptRow
 from pipeline.retry import RetryPolicy
-from pipeline.runner import DEFAULT_MODEL, BatchSettings, BatchState, _overload, run_batch
+from pipeline.runner import DEFAULT_MODEL, BatchSettings, BatchState, run_batch
 
+from .actor_pool import ActorPool
 from .codec import Kind, decode_row, dumps, encode_result
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,10 @@ class ActorConfig:
 
     ``concurrency`` and ``rate`` are *per actor*. ``deadline_at`` is a wall-clock
     time (``time.time()``): no request starts after it, those in flight get ``grace``
-    seconds. The token and proxy are kept out of the repr (Ray may print it).
+    seconds. ``flush_rows`` and ``flush_interval`` say when a call yields a table.
+    ``driver_pid``, set only when the actors run on the driver's machine (a private
+    Ray), makes them stop the moment the driver ends (:mod:`.stream`). The token and
+    proxy are kept out of the repr (Ray may print it).
     """
 
     urls: tuple[str, ...]
@@ -90,6 +100,9 @@ class ActorConfig:
     max_outage: float = 600.0
     failure_threshold: int = 5
     probe_cooldown: float = 2.0
+    flush_rows: int | None = None
+    flush_interval: float = 0.5
+    driver_pid: int | None = None
     proxy: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
 
@@ -98,67 +111,38 @@ class ActorConfig:
             raise ValueError("at least one endpoint URL is needed")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.flush_rows is not None and self.flush_rows < 1:
+            raise ValueError("flush_rows must be at least 1")
+        if self.flush_interval <= 0:
+            raise ValueError("flush_interval must be positive")
+
+    @property
+    def rows_per_flush(self) -> int:
+        """``flush_rows``, by default half the requests in flight (at least 1).
+
+        A crash loses what is in flight plus what waits for the next table; half the
+        window keeps that under 1.5 windows, while a table (one Ray block, a few
+        milliseconds of bookkeeping) still carries several rows at high concurrency.
+        """
+        return self.flush_rows or max(1, self.concurrency // 2)
 
 
-class ActorPool(EndpointPool):
-    """The actor's endpoint pool, behind the actor's shared limit and rate.
-
-    An attempt first takes a slot of ``limit`` (and waits for the rate), then an
-    endpoint, as :func:`~pipeline.runner.run_batch` does with its own limit: the
-    endpoint is chosen when the request can start, by the health known then. The
-    slot is given back by the endpoint's :class:`BoundedCompleter` when its request
-    ends (run_batch always calls it right after ``acquire``), which also adapts the
-    limit: cut on overload, grown on answers that did not queue.
-    """
-
-    def __init__(self, clients: Sequence[GradioQueueClient], limit: AdaptiveLimit,
-                 rate: RateLimiter, **breaker: Any) -> None:
-        completers: Sequence[Completer] = [BoundedCompleter(c, limit) for c in clients]
-        super().__init__(completers, [c.display_url for c in clients], **breaker)
-        self.limit = limit
-        self.rate = rate
-
-    async def acquire(self) -> Endpoint:
-        await self.limit.acquire()
-        try:
-            await self.rate.wait()
-            return await super().acquire()
-        except BaseException:
-            self.limit.release()
-            raise
-
-
-class BoundedCompleter:
-    """An endpoint's client that gives back the actor's limit slot when its request ends."""
-
-    def __init__(self, inner: GradioQueueClient, limit: AdaptiveLimit) -> None:
-        self.inner = inner
-        self.display_url = inner.display_url
-        self.limit = limit
-
-    async def complete(
-        self, prompt: str, system: str | None = None, *, trace: RequestTrace | None = None
-    ) -> Completion:
-        try:
-            completion = await self.inner.complete(prompt, system, trace=trace)
-        except RequestError as error:
-            if _overload(error):
-                self.limit.on_overload()
-            raise
-        finally:
-            self.limit.release()
-        self.limit.on_success(completion.trace.queue_rank)
-        return completion
+_Row = tuple[Kind, str, str | None, int | None]
+"""A result row: kind, record, the job's id and sample."""
 
 
 class _Out:
-    """Result rows being collected for one batch."""
+    """Result rows being collected for one batch, until they go out in a table."""
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
         self.ids: list[str | None] = []
         self.samples: list[int | None] = []
         self.records: list[str] = []
+        self.added = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self.kinds)
 
     def add(self, kind: Kind, record: str, row_id: str | None = None,
             sample: int | None = None) -> None:
@@ -166,20 +150,25 @@ class _Out:
         self.ids.append(row_id)
         self.samples.append(sample)
         self.records.append(record)
+        self.added.set()
 
-    def table(self) -> pa.Table:
-        return pa.Table.from_arrays(
+    def take(self) -> pa.Table:
+        """The rows collected so far as one table; the collection starts empty again."""
+        table = pa.Table.from_arrays(
             [pa.array(self.kinds, pa.string()), pa.array(self.ids, pa.string()),
              pa.array(self.samples, pa.int64()), pa.array(self.records, pa.string())],
             schema=RESULT_SCHEMA)
+        self.kinds, self.ids, self.samples, self.records = [], [], [], []
+        return table
 
 
 class PromptBatchCallable:
-    """Ray Data callable class: ``await callable(table)`` answers every row of ``table``.
+    """The per-actor callable: ``async for table in callable(batch)`` answers ``batch``.
 
-    ``table`` has a ``row`` column of encoded rows (:func:`.codec.encode_row`);
-    the result has :data:`RESULT_SCHEMA`. The session, clients and limits are
-    made on the first call, on the loop that runs the calls (Ray's per-actor loop).
+    ``batch`` has a ``row`` column of encoded rows (:func:`.codec.encode_row`); the
+    tables yielded have :data:`RESULT_SCHEMA`. Several calls may run at once on one
+    loop: they share the actor's session, pool and limit, made on the first call, on
+    the loop that runs the calls (see :mod:`.stream` for the one Ray actors run).
     """
 
     def __init__(self, config: ActorConfig) -> None:
@@ -188,11 +177,13 @@ class PromptBatchCallable:
         self.state = BatchState()
         self.limit = AdaptiveLimit(config.concurrency, adaptive=config.adaptive)
         self._rate = RateLimiter(config.rate)
+        self._gate = asyncio.Event()
+        self._gate.set()
         self._setup = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._clients: list[GradioQueueClient] = []
         self._pool: EndpointPool | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _ready(self) -> EndpointPool:
@@ -200,7 +191,6 @@ class PromptBatchCallable:
             if self._pool is None:
                 cfg = self.config
                 self._loop = asyncio.get_running_loop()
-                self._stop = asyncio.Event()
                 self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
                 # Each actor lists the endpoints from another start, so that their first
                 # requests (equal scores) do not all go to the first URL.
@@ -212,7 +202,7 @@ class PromptBatchCallable:
                                       max_answer_chars=cfg.max_response_chars)
                     for url in urls]
                 self._pool = ActorPool(
-                    self._clients, self.limit, self._rate,
+                    self._clients, self.limit, self._rate, self._gate,
                     failure_threshold=cfg.failure_threshold, cooldown=cfg.probe_cooldown,
                     max_outage=cfg.max_outage)
             return self._pool
@@ -230,30 +220,60 @@ class PromptBatchCallable:
             failure_threshold=cfg.failure_threshold, probe_cooldown=cfg.probe_cooldown,
             max_outage=cfg.max_outage)
 
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        out = _Out()
+    async def __call__(self, batch: pa.Table) -> AsyncGenerator[pa.Table, None]:
+        """Yield the results of ``batch`` in tables as they come (see the module docstring)."""
         rows = [decode_row(text) for text in batch.column(ROW_COLUMN).to_pylist()]
+        out = _Out()
+        work = asyncio.ensure_future(self._run(rows, out))
+        every, interval = self.config.rows_per_flush, self.config.flush_interval
+        last = time.monotonic()
+        try:
+            while not work.done():
+                # Requests go on while a table waits to be taken: ``out`` keeps filling.
+                wait = None if not out else max(0.0, last + interval - time.monotonic())
+                added = asyncio.ensure_future(out.added.wait())
+                try:
+                    await asyncio.wait({work, added}, timeout=wait,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    added.cancel()
+                out.added.clear()
+                if len(out) >= every or (out and time.monotonic() - last >= interval):
+                    yield out.take()
+                    last = time.monotonic()
+            for row in work.result():  # the down row, or a bug's failures: in the last table
+                out.add(*row)
+            out.add("stats", dumps(self.stats()))
+            yield out.take()
+        finally:
+            if not work.done():  # the caller stopped early: cancel the requests in flight
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+
+    async def _run(self, rows: list[PromptRow], out: _Out) -> list[_Row]:
+        """Answer ``rows`` into ``out``; the rows to end with. Never raises (but cancelled)."""
         answered: set[tuple[str, int]] = set()
         try:
             await self._answer(rows, out, answered)
         except EndpointDownError as exc:
-            out.add("down", dumps({"reason": str(exc), "actor": self.actor_id}))
+            return [("down", dumps({"reason": str(exc), "actor": self.actor_id}), None, None)]
         except Exception as exc:  # a bug: fail the batch's unanswered jobs, never the run
             log.exception("actor %s: unexpected error in a batch", self.actor_id)
+            failed: list[_Row] = []
             for row in rows:
                 for sample in row.samples or range(self.config.samples):
                     if (row.id, sample) not in answered:
                         failure = Failure(row.id, row.position, "internal",
                                           f"{type(exc).__name__}: {exc}", 0, row=row,
                                           sample=sample)
-                        out.add(*encode_result(failure), row.id, sample)
-        out.add("stats", dumps(self.stats()))
-        return out.table()
+                        failed.append((*encode_result(failure), row.id, sample))
+            return failed
+        return []
 
     async def _answer(self, rows: list[PromptRow], out: _Out,
                       answered: set[tuple[str, int]]) -> None:
         pool = await self._ready()
-        assert self._stop is not None
         deadline = None
         if self.config.deadline_at is not None:
             deadline = self.config.deadline_at - time.time()
@@ -261,11 +281,37 @@ class PromptBatchCallable:
                 return  # past the deadline: start nothing; the rows are left for the next run
         results = run_batch(rows, pool, self.settings(deadline), stop=self._stop,
                             state=self.state)
-        async for result in results:
-            sample = result.sample
-            row_id = result.row.id if result.row is not None else result.id
-            answered.add((row_id or "", sample))
-            out.add(*encode_result(result), row_id, sample)
+        try:
+            async for result in results:
+                sample = result.sample
+                row_id = result.row.id if result.row is not None else result.id
+                answered.add((row_id or "", sample))
+                out.add(*encode_result(result), row_id, sample)
+        finally:
+            if isinstance(results, AsyncGenerator):  # cancelled: end its requests now, not at GC
+                await results.aclose()
+
+    def pause_requests(self) -> None:
+        """Start no request until :meth:`resume_requests` (those in flight go on).
+
+        For the caller's consumer: Ray holds an actor's yield while the driver has not
+        taken its results, and forever once the driver is dead (the actor lives on for
+        a second or two), so that no work starts that nobody would receive. Call on the
+        loop that runs the calls.
+        """
+        self._gate.clear()
+
+    def resume_requests(self) -> None:
+        """Start requests again (see :meth:`pause_requests`)."""
+        self._gate.set()
+
+    def stop(self) -> None:
+        """Stop for good: cancel the requests in flight, start no more (its driver is gone).
+
+        The calls running end with their stats row, later calls at once. Call on the
+        loop that runs the calls.
+        """
+        self._stop.set()
 
     def stats(self) -> dict[str, Any]:
         """The actor's counters so far (cumulative): for the driver's summary."""

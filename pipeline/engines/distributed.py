@@ -4,17 +4,19 @@ The driver plans rows exactly as the local engine does (``plan_rows``: templates
 messages, duplicates, resume by ``(id, sample)``, ``--limit``); bad input comes out at
 once as input failures. The rows to do are written to a *spool*: Parquet files of at
 most ``rows_per_file`` encoded rows (:func:`.codec.encode_row`) in ``<output>.spool/``,
-so the input is never held in memory. An :class:`Executor` (Ray Data, or the in-process
-one used by tests) runs :class:`.actor.PromptBatchCallable` over the spool and hands
-back result tables as they finish; the driver turns them back into ``Success`` and
-``Failure`` objects (:mod:`.codec`) for the caller, which writes them through the same
-writers as the local engine. Resume is therefore ours, by id, whatever engine wrote the
-earlier part of the output.
+so the input is never held in memory, cut into the executor's blocks (one spool row per
+block, see :mod:`.stream`). An :class:`Executor` (Ray Data, or the in-process one used
+by tests) runs :class:`.actor.PromptBatchCallable` over the blocks and hands back each
+result table as soon as an actor yields it; the driver turns them back into
+``Success`` and ``Failure`` objects (:mod:`.codec`) for the caller, which writes each
+one at once through the same writers as the local engine. Resume is therefore ours, by
+id, whatever engine wrote the earlier part of the output.
 
-What a crash or Ctrl-C loses: the jobs of the blocks in flight (an actor's results come
-back when its whole block is done). ``--deadline``: actors start no request after it
-and give those in flight ``--grace`` seconds; the driver stops waiting some seconds
-after that, and counts the jobs not done as ``remaining``.
+What a crash or Ctrl-C loses: the requests in flight, and per actor the results
+waiting for its next table (fewer than ``flush_rows``, or under ``flush_interval``
+seconds' worth) or on their way to the driver. ``--deadline``: actors start no
+request after it and give those in flight ``--grace`` seconds; the driver stops
+waiting some seconds after that, and counts the jobs not done as ``remaining``.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from pipeline.models import Completion, Failure, PromptRow, RequestTrace, Result
 from pipeline.runner import BatchSettings, BatchState
 
 from . import Rows
-from .actor import ROW_COLUMN, ActorConfig
+from .actor import ActorConfig
 from .codec import decode_result, encode_row
+from .stream import block_packets
 
 if TYPE_CHECKING:
     from pipeline.app import RunOptions
@@ -62,13 +65,19 @@ class EngineError(QwenBatchError):
 
 
 class Spool:
-    """Planned rows written as Parquet files of encoded rows, a bounded number per file."""
+    """Planned rows written as Parquet files of blocks of encoded rows, a bounded number per file.
 
-    def __init__(self, directory: str, samples: int, rows_per_file: int = SPOOL_ROWS_PER_FILE
-                 ) -> None:
+    Each Parquet row is one block of at most ``block_rows`` rows
+    (:func:`.stream.block_packets`): the unit an actor is given.
+    """
+
+    def __init__(self, directory: str, samples: int, block_rows: int,
+                 rows_per_file: int = SPOOL_ROWS_PER_FILE) -> None:
         self.directory = directory
         self.samples = samples
-        self.rows_per_file = rows_per_file
+        self.block_rows = block_rows
+        # Whole blocks per file: only the last block of the spool is a short one.
+        self.rows_per_file = max(1, rows_per_file // block_rows) * block_rows
         self.paths: list[str] = []
         self.rows = 0
         self.jobs = 0
@@ -90,7 +99,7 @@ class Spool:
         if self._buffer:
             path = os.path.join(self.directory, f"part-{len(self.paths):05d}.parquet")
             try:
-                pq.write_table(pa.table({ROW_COLUMN: pa.array(self._buffer, pa.string())}), path)
+                pq.write_table(block_packets(self._buffer, self.block_rows), path)
             except (OSError, pa.ArrowException) as exc:
                 raise OutputError(f"cannot write the spool {path}: {exc}") from exc
             self.paths.append(path)
@@ -108,7 +117,10 @@ def spool_directory(output: str) -> str:
 
 
 class Executor(Protocol):
-    """Runs the per-actor callable over a spool and yields result tables as they finish."""
+    """Runs the per-actor callable over a spool and yields result tables as they come."""
+
+    block_rows: int
+    """Rows an actor is given at once (a block: one spool row)."""
 
     def describe(self) -> str:
         """One line for the user: where it runs and the global bound of requests in flight."""
@@ -223,7 +235,7 @@ async def open_distributed(
     announce: bool = True,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """Yields the results of ``rows`` run on ``executor``; cleans the executor and spool up."""
-    spool = Spool(spool_directory(output), samples)
+    spool = Spool(spool_directory(output), samples, executor.block_rows)
     cancelled = threading.Event()
     threads: list[threading.Thread] = []
     started = False

@@ -2,11 +2,10 @@
 
 :class:`InProcessExecutor` runs ``actors`` instances of
 :class:`~pipeline.engines.actor.PromptBatchCallable` on a private event loop in a
-thread. Like Ray Data with the Ray engine's settings, it cuts the spool into blocks of
-``batches_per_block * batch_size`` rows, gives each actor one block at a time, runs a
-block's batches at once, and hands back one result table per block. Tests use it to
-exercise the whole driver side (spool, results, summary, resume, deadline) without a
-cluster.
+thread. Like the Ray engine, it takes the spool's blocks of ``batches_per_block *
+batch_size`` rows, gives each actor one block at a time, and hands back every result
+table an actor yields the moment it is yielded. Tests use it to exercise the whole
+driver side (spool, results, summary, resume, deadline) without a cluster.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from pipeline.runner import BatchSettings, BatchState
 from . import Rows
 from .actor import ActorConfig, PromptBatchCallable
 from .distributed import Spool, open_executor, per_actor_concurrency
+from .stream import packet_blocks
 
 if TYPE_CHECKING:
     from pipeline.app import RunOptions
@@ -75,9 +75,7 @@ class InProcessExecutor:
 
     def _blocks(self, spool: Spool) -> Iterator[pa.Table]:
         for path in spool.paths:
-            table = pq.read_table(path)
-            for start in range(0, table.num_rows, self.block_rows):
-                yield table.slice(start, self.block_rows)
+            yield from packet_blocks(pq.read_table(path))
 
     def _serve(self, spool: Spool, config: ActorConfig, out: queue.Queue[object]) -> None:
         try:
@@ -99,10 +97,9 @@ class InProcessExecutor:
 
         async def actor(udf: PromptBatchCallable) -> None:
             for block in blocks:  # one shared iterator: each block goes to one actor
-                parts = [block.slice(i, self.batch_size)
-                         for i in range(0, block.num_rows, self.batch_size)]
-                tables = await asyncio.gather(*(udf(part) for part in parts))
-                out.put(pa.concat_tables(tables))
+                async with contextlib.aclosing(udf(block)) as tables:
+                    async for table in tables:
+                        out.put(table)
 
         try:
             await asyncio.gather(*(actor(udf) for udf in self.callables))

@@ -2,15 +2,18 @@
 
 Only imported when the engine is chosen; needs ``pip install 'qwen-batch[ray]'``.
 
-The driver plans the rows and spools them (:mod:`.distributed`); Ray Data reads the
-spool, cuts it into blocks of ``4 x batch_size`` rows (``repartition``: every actor gets
-work even from one small file), and ``map_batches`` runs
-:class:`~pipeline.engines.actor.PromptBatchCallable` on a fixed pool of ``--actors``
-actors (``ActorPoolStrategy``, a quarter CPU each). Ray runs up to 4 batches of one
-block at once on an actor; the callable's shared limit keeps the actor at
-``--per-actor-concurrency`` requests in flight, so the whole run never has more than
-``actors x per-actor-concurrency``. Results stream back (``iter_batches``) and the
-driver writes them through the local engine's writers.
+The driver plans the rows and spools them (:mod:`.distributed`) in blocks of
+``4 x batch_size`` rows, one per spool row, so every actor gets work even from one small
+file. Ray Data reads the spool, and ``map_batches`` runs
+:class:`~pipeline.engines.stream.StreamingCallable` (the batch core,
+:class:`~pipeline.engines.actor.PromptBatchCallable`, behind a synchronous generator)
+on a fixed pool of ``--actors`` actors (``ActorPoolStrategy``, a quarter CPU each),
+one block at a time per actor, with ``--per-actor-concurrency`` requests in flight, so
+the whole run never has more than ``actors x per-actor-concurrency``. Each result table
+an actor yields is a block of its own (the dataset's block size is 1 byte, see
+:mod:`.stream`), read by the driver as soon as it exists (``iter_batches`` without
+prefetching, which would hold every block back until the next one arrives) and written
+through the local engine's writers.
 
 Without ``--address`` a private single-node Ray is started for the run (and stopped at
 its end); ``--address auto`` (or ``host:port``) joins a running cluster, whose nodes must
@@ -27,6 +30,7 @@ import math
 import os
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -36,8 +40,9 @@ from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
 
 from . import Rows
-from .actor import ActorConfig, PromptBatchCallable
+from .actor import ActorConfig
 from .distributed import Spool, open_executor, per_actor_concurrency
+from .stream import StreamingCallable, unpack
 
 if TYPE_CHECKING:
     from pipeline.app import RunOptions
@@ -47,13 +52,11 @@ log = logging.getLogger(__name__)
 ACTOR_CPUS = 0.25
 """Logical CPUs each actor reserves: the work is waiting on the network."""
 
+BATCHES_PER_BLOCK = 4
+"""A block (what an actor is given at once) holds this many ``batch_size`` windows of rows."""
 
-def batches_per_block() -> int:
-    """Batches Ray runs at once on one actor (``RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY``)."""
-    try:
-        return max(1, int(os.environ.get("RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY", "4")))
-    except ValueError:
-        return 4
+PACKET_BLOCK_BYTES = 1
+"""The dataset's ``target_max_block_size``: every packet (one row) is a block of its own."""
 
 
 class RayExecutor:
@@ -66,7 +69,7 @@ class RayExecutor:
         self.actors = actors
         self.per_actor = per_actor
         self.batch_size = batch_size or per_actor
-        self.block_rows = self.batch_size * batches_per_block()
+        self.block_rows = self.batch_size * BATCHES_PER_BLOCK
         self.verbose = verbose
         self.worker_logs = worker_logs
         self._owns_ray = False
@@ -103,19 +106,30 @@ class RayExecutor:
 
         # On a cluster, read the spool where it is: on the driver's node.
         paths = [("local://" if self.address else "") + os.path.abspath(p) for p in spool.paths]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*local://.*")
-            dataset = ray.data.read_parquet(paths)
-        dataset = dataset.repartition(target_num_rows_per_block=self.block_rows)
-        dataset = dataset.map_batches(
-            PromptBatchCallable,
-            fn_constructor_kwargs={"config": config},
-            batch_size=self.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_cpus=ACTOR_CPUS,
-        )
-        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+        if not self.address:  # a private Ray: the actors are on this machine and can watch it
+            config = replace(config, driver_pid=os.getpid())
+        context = ray.data.DataContext.get_current()
+        default_block_bytes = context.target_max_block_size
+        # A dataset keeps the context it was made with: the tiny block size is this
+        # dataset's alone, whatever else runs in this process.
+        context.target_max_block_size = PACKET_BLOCK_BYTES
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*local://.*")
+                dataset = ray.data.read_parquet(paths)
+            dataset = dataset.map_batches(
+                StreamingCallable,
+                fn_constructor_kwargs={"config": config},
+                batch_size=1,  # one packet: one block of rows
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=self.actors),
+                num_cpus=ACTOR_CPUS,
+            )
+        finally:
+            context.target_max_block_size = default_block_bytes
+        for packets in dataset.iter_batches(batch_format="pyarrow", batch_size=None,
+                                            prefetch_batches=0):
+            yield from unpack(packets)
 
     def close(self) -> None:
         if self._owns_ray:
