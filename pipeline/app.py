@@ -24,6 +24,7 @@ from .errors import EndpointDownError, OutputError
 from .jobs import KeySet, PlanCounters, plan_rows
 from .lock import OutputLock
 from .models import Failure, PromptRow, Success, iso_utc, utc_now
+from .partitioned import remove_parts
 from .progress import Progress
 from .readers import detect_format, read_records
 from .records import failure_record, success_record
@@ -64,6 +65,8 @@ class RunOptions:
     proxy: str | None = None
     hf_token: str | None = None
     overwrite: bool = False
+    rows_per_file: int | None = None
+    """Write ``output`` as a directory of parts of at most this many records each."""
     progress: bool = True
     summary_path: str | None = None
     max_consecutive_failures: int = 20
@@ -90,8 +93,10 @@ class RunOutcome:
 
 
 def _remove_outputs(options: RunOptions) -> None:
+    if options.rows_per_file is not None and os.path.isdir(options.output):
+        remove_parts(options.output)
     for path in (options.output, options.output + ".journal.jsonl", options.errors):
-        if path != "-":
+        if path != "-" and not os.path.isdir(path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 
@@ -122,7 +127,8 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
     run_started = iso_utc(utc_now())
     fmt = detect_format(options.input, options.input_format)
     records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes)
-    output = open_output(options.output, options.output_format)
+    output = open_output(options.output, options.output_format,
+                         rows_per_file=options.rows_per_file)
     errors_sink: JsonlAppender | None = None
     try:
         done = KeySet(output.iter_done_keys())

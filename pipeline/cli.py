@@ -156,6 +156,9 @@ def main(verbose: int) -> None:
 @opt("--proxy", help="HTTP(S) proxy URL; credentials in it are never logged.")
 @opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"],
      help="Hugging Face token (env HF_TOKEN); never logged or written.")
+@opt("--rows-per-file", type=click.IntRange(min=1),
+     help="Write OUTPUT as a directory of part files of at most N records each "
+     "(part-000000.jsonl, ...; format from --output-format or the directory's suffix).")
 @opt("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
 @opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY).")
 @opt("--summary", "summary_path", help="Also write the summary as JSON to this file.")
@@ -200,6 +203,8 @@ def run_command(input_path: str, **o: Any) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--deadline") from None
     output = o["output"] or default_output_path(input_path)
+    if o["rows_per_file"] is not None and output != "-":
+        output = output.rstrip("/") or output  # the lock and errors file go beside it
     options = RunOptions(
         input=input_path,
         output=output,
@@ -218,6 +223,7 @@ def run_command(input_path: str, **o: Any) -> None:
         proxy=o["proxy"],
         hf_token=o["hf_token"],
         overwrite=o["overwrite"],
+        rows_per_file=o["rows_per_file"],
         progress=not o["no_progress"] and sys.stderr.isatty(),
         summary_path=o["summary_path"],
         max_consecutive_failures=o["max_consecutive_failures"],

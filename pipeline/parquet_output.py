@@ -24,6 +24,9 @@ from pipeline.writers import JsonlAppender, Key, iter_jsonl_records, output_key
 
 log = logging.getLogger(__name__)
 
+JOURNAL_SUFFIX = ".journal.jsonl"
+"""Beside ``<path>``: the rows written since the last merge."""
+
 OUTPUT_SCHEMA = pa.schema(
     [pa.field("id", pa.string(), nullable=False), pa.field("sample", pa.int64())]
     + [pa.field(n, pa.string()) for n in ("prompt", "system", "completion", "model")]
@@ -63,7 +66,7 @@ class ParquetOutput:
 
     def __init__(self, path: str, *, flush_rows: int = 10_000, fsync: bool = False) -> None:
         self.path = path
-        self.journal_path = path + ".journal.jsonl"
+        self.journal_path = path + JOURNAL_SUFFIX
         self.tmp_path = path + ".tmp"
         self.flush_rows = flush_rows
         use_system_arrow_pool()
@@ -93,7 +96,7 @@ class ParquetOutput:
 
     def iter_done_keys(self) -> Iterator[Key]:
         """Keys in the Parquet file and the journal at open, streamed."""
-        yield from _parquet_keys(self.path)
+        yield from parquet_keys(self.path)
         journal = iter_jsonl_records(self.journal_path, end=self._journal_end)
         yield from (output_key(r, self.journal_path) for r in journal)
 
@@ -121,7 +124,7 @@ def _open_parquet(path: str) -> Any:
         raise OutputError(f"cannot read the existing output {path}: {exc}") from exc
 
 
-def _parquet_keys(path: str) -> Iterator[Key]:
+def parquet_keys(path: str) -> Iterator[Key]:
     """The keys in an existing Parquet output, read column-wise batch by batch."""
     if not os.path.exists(path):
         return
@@ -243,7 +246,7 @@ def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 1
     existing = _open_parquet(path) if os.path.exists(path) else None
     added = 0
     try:
-        old_keys = DigestSet(_digest(key) for key in _parquet_keys(path))
+        old_keys = DigestSet(_digest(key) for key in parquet_keys(path))
         pending: set[int] = set()
         types = _kept_types(existing, journal, old_keys, pending, batch_rows)
         if not pending and existing is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pipeline.errors import OutputError
+from pipeline.partitioned import PartFormat, PartitionedOutput
 from pipeline.records import encode_record, record_key
 
 log = logging.getLogger(__name__)
@@ -208,25 +209,68 @@ def output_key(record: Mapping[str, Any], path: str) -> Key:
 
 
 def open_output(
-    path: str, fmt: str | None = None, *, fsync: bool = False, flush_rows: int = 10_000
+    path: str, fmt: str | None = None, *, fsync: bool = False, flush_rows: int = 10_000,
+    rows_per_file: int | None = None,
 ) -> OutputSink:
-    """Open the output by ``fmt`` (``jsonl``/``parquet``) or by suffix; ``-`` is JSONL on stdout."""
-    suffix = Path(path).suffix.lower()
-    kind = (fmt or "").lower() or (
-        "jsonl" if path == "-" or suffix in JSONL_SUFFIXES
-        else "parquet" if suffix in PARQUET_SUFFIXES else ""
-    )
-    if kind in ("jsonl", "ndjson"):
+    """Open the output by ``fmt`` (``jsonl``/``parquet``) or by suffix; ``-`` is JSONL on stdout.
+
+    With ``rows_per_file``, ``path`` is a directory of parts of at most that many
+    records each (:mod:`.partitioned`); their format is ``fmt``, else the directory
+    name's suffix (``out.parquet/``), else JSONL.
+    """
+    if rows_per_file is not None:
+        if path == "-":
+            raise OutputError("output in parts needs a directory, not stdout")
+        return PartitionedOutput(path, part_format(_output_kind(path, fmt) or "jsonl",
+                                                   fsync=fsync, flush_rows=flush_rows),
+                                 rows_per_file)
+    kind = _output_kind(path, fmt)
+    if kind == "jsonl":
         return JsonlOutput(path, fsync=fsync)
-    if kind in ("parquet", "pq") and path != "-":
+    if kind == "parquet" and path != "-":
         from pipeline.parquet_output import ParquetOutput  # pyarrow: only when chosen
 
         return ParquetOutput(path, flush_rows=flush_rows, fsync=fsync)
     if path == "-":
         raise OutputError("Parquet output cannot go to stdout: give a file path")
     accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
-    raise OutputError(f"{path}: cannot tell the output format from the suffix {suffix!r}; "
-                      f"accepted suffixes are {accepted} (or give the format)")
+    raise OutputError(f"{path}: cannot tell the output format from the suffix "
+                      f"{Path(path).suffix.lower()!r}; accepted suffixes are {accepted} "
+                      "(or give the format)")
+
+
+def _output_kind(path: str, fmt: str | None) -> str:
+    """``jsonl``, ``parquet``, or ``""`` when neither the format nor the suffix tells."""
+    kind = (fmt or "").lower()
+    if kind in ("jsonl", "ndjson"):
+        return "jsonl"
+    if kind in ("parquet", "pq"):
+        return "parquet"
+    suffix = Path(path.rstrip("/") or path).suffix.lower()
+    if path == "-" or suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    return "parquet" if suffix in PARQUET_SUFFIXES else ""
+
+
+def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000) -> PartFormat:
+    """How the parts of a partitioned output of ``kind`` (``jsonl``/``parquet``) are handled."""
+    if _output_kind("", kind) == "jsonl":
+        return PartFormat(
+            ".jsonl",
+            open_part=lambda part: JsonlOutput(part, fsync=fsync),
+            read_keys=lambda part: (output_key(r, part) for r in iter_jsonl_records(part)),
+            leftovers=lambda part: [])
+    from pipeline.parquet_output import (  # pyarrow: only when chosen
+        JOURNAL_SUFFIX,
+        ParquetOutput,
+        parquet_keys,
+    )
+
+    return PartFormat(
+        ".parquet",
+        open_part=lambda part: ParquetOutput(part, flush_rows=flush_rows, fsync=fsync),
+        read_keys=parquet_keys,
+        leftovers=lambda part: [part + JOURNAL_SUFFIX])
 
 
 def default_output_path(input_path: str) -> str:

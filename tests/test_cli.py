@@ -411,3 +411,33 @@ def test_response_and_record_size_caps(tmp_path: Path, threaded_space) -> None:
     huge = next(e for e in errors.values() if e["position"] == 2)
     assert huge["error_type"] == "input" and "2000" in huge["error"]
     assert [r["id"] for r in read_jsonl(tmp_path / "caps.completions.jsonl")] == ["short"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_rows_per_file_writes_bounded_parts_and_resumes_into_them(
+        tmp_path: Path, threaded_space, fmt: str) -> None:
+    source = write_jsonl(tmp_path / "big.jsonl", prompts(11))
+    out = tmp_path / "parts"
+    args = ["run", str(source), "-o", f"{out}/", "--output-format", fmt, "--rows-per-file", "4",
+            "--url", threaded_space.url, *FAST]
+    result = invoke(*args, "--limit", "6")
+    assert result.exit_code == 0, result.stderr
+    joins_before = threaded_space.space.stats.joins
+    result = invoke(*args)  # resume: the 5 remaining rows fill part 1, then part 2
+    assert result.exit_code == 0, result.stderr
+    assert threaded_space.space.stats.joins - joins_before == 5
+    parts = sorted(out.iterdir())
+    assert [p.name for p in parts] == [f"part-00000{i}.{fmt}" for i in range(3)]
+    if fmt == "jsonl":
+        rows = [read_jsonl(p) for p in parts]
+    else:
+        import pyarrow.parquet as pq
+
+        rows = [pq.read_table(p).to_pylist() for p in parts]
+    assert [len(r) for r in rows] == [4, 4, 3]
+    assert sorted(by_id([r for part in rows for r in part])) == sorted(f"p{i}" for i in range(11))
+    assert (tmp_path / "parts.lock").exists() and not (out / ".lock").exists()
+    (out / "notes.txt").write_text("mine")
+    result = invoke(*args, "--overwrite", "--limit", "1")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", f"part-000000.{fmt}"]
