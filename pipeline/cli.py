@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -70,6 +70,23 @@ def opt(*decls: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(*decls, **kwargs)
 
 
+def endpoint_options(url_help: str) -> Callable[[_F], _F]:
+    """``--url`` (repeatable), ``--proxy`` and ``--hf-token``: how every command reaches the Space."""
+    options = [
+        opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True, help=url_help),
+        opt("--proxy", help="HTTP(S) proxy URL; credentials in it are never logged."),
+        opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"],
+            help="Hugging Face token (env HF_TOKEN); never logged or written."),
+    ]
+
+    def apply(command: _F) -> _F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Logs to whatever ``sys.stderr`` is at the time (tests swap it), never to stdout."""
 
@@ -119,8 +136,7 @@ def main(verbose: int) -> None:
 @opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".')
 @opt("--system", "default_system", help="System prompt for rows without one.")
 @opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable).")
-@opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True,
-     help="The Space, or a copy of it; repeat for several endpoints sharing the work.")
+@endpoint_options("The Space, or a copy of it; repeat for several endpoints sharing the work.")
 @opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True)
 @opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
      help="Most requests in flight at once (be polite to a free Space); the run adapts "
@@ -153,9 +169,6 @@ def main(verbose: int) -> None:
 @opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run.")
 @opt("--samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
      help="Completions per prompt (records get a `sample` field).")
-@opt("--proxy", help="HTTP(S) proxy URL; credentials in it are never logged.")
-@opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"],
-     help="Hugging Face token (env HF_TOKEN); never logged or written.")
 @opt("--rows-per-file", type=click.IntRange(min=1),
      help="Write OUTPUT as a directory of part files of at most N records each "
      "(part-000000.jsonl, ...; format from --output-format or the directory's suffix).")
@@ -264,12 +277,9 @@ def _execute(options: RunOptions) -> int:
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True,
-     help="Endpoint to check (repeatable).")
+@endpoint_options("Endpoint to check (repeatable).")
 @opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
      help="Seconds for the probe request, queue wait included.")
-@opt("--proxy", help="HTTP(S) proxy URL.")
-@opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"], help="Hugging Face token.")
 def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: str | None) -> None:
     """Tell what an endpoint is and whether a batch would work against it.
 
@@ -334,7 +344,7 @@ def demo(input_path: str | None, output_dir: str | None, gradio: str, latency: f
     code = asyncio.run(go())
     click.echo(f"\nCompletions: {output}\nFirst records:", err=True)
     with open(output, encoding="utf-8") as handle:
-        for _, line in zip(range(3), handle):
+        for _, line in zip(range(3), handle, strict=False):
             click.echo(line.rstrip())
     sys.exit(code)
 

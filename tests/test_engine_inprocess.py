@@ -123,6 +123,23 @@ async def test_resume_across_engines_each_id_once_and_never_asked_twice(
     assert all(count == 1 for count in space.space.stats.attempts_by_prompt.values())
 
 
+async def test_parts_of_bounded_rows_resume_across_engines(
+        tmp_path: Path, space: RunningFakeSpace) -> None:
+    write_input(tmp_path / "in.jsonl", messy=False)
+    parts = dict(output_format="parquet", rows_per_file=7)
+    first = await run(options(tmp_path, space.url, "out", limit=10, **parts))
+    second = await run(options(tmp_path, space.url, "out", engine="local", limit=9, **parts))
+    third = await run(options(tmp_path, space.url, "out", **parts))
+    assert [o.summary.succeeded for o in (first, second, third)] == [10, 9, ROWS - 19]
+    files = sorted((tmp_path / "out").iterdir())
+    sizes = [pq.read_metadata(f).num_rows for f in files]
+    assert all(f.suffix == ".parquet" for f in files) and max(sizes) == 7
+    assert sum(sizes) == ROWS and sizes[:-1] == [7] * (len(sizes) - 1)
+    ids = Counter(r["id"] for f in files for r in pq.read_table(f).to_pylist())
+    assert set(ids.values()) == {1} and len(ids) == ROWS
+    assert space.space.stats.joins == ROWS
+
+
 async def test_samples_resume_per_sample_across_engines(tmp_path: Path,
                                                         space: RunningFakeSpace) -> None:
     write_input(tmp_path / "in.jsonl", rows=6, messy=False)
