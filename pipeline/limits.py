@@ -67,7 +67,8 @@ class AdaptiveLimit:
             self._wake()
 
     async def acquire(self) -> None:
-        self._now()
+        if self._start is None:
+            self._now()
         while self._in_use >= self.level:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
