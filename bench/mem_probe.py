@@ -8,8 +8,8 @@ Stages (each includes the ones before it), all without any network:
 * ``import``: import the CLI's modules (the floor of every run);
 * ``read``: stream the Parquet file through ``read_records`` (pyarrow batches);
 * ``plan``: also ``plan_rows`` (prompt rows, the duplicate-id set);
-* ``done``: also add every key to the ``KeySet`` of done rows, as a run does after
-  each success (and the resume set read at start);
+* ``done``: also add every key to the ``KeySet`` of done rows (a run adds only the keys
+  of rows that failed before; this is the worst case: every row was in the errors file);
 * ``records``: also build and JSON-encode a success record per row (answer = the
   fake Space's echo), written to /dev/null.
 
@@ -38,59 +38,26 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def patch_reader() -> None:
-    """The proposed fix for pipeline/readers.py, applied from outside for measurement.
-
-    1. ``pq.ParquetFile(path, pre_buffer=False, buffer_size=1 MiB)``: stream a column
-       chunk page by page instead of loading the whole row group (a file written with
-       pyarrow's defaults has ONE row group of up to 1Mi rows, i.e. the whole file);
-    2. the system allocator for Arrow buffers instead of the bundled mimalloc, which
-       keeps freed pages resident (the same effect: ``MIMALLOC_PURGE_DELAY=0``), and
-       glibc's mmap threshold pinned at 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, what
-       ``MALLOC_MMAP_THRESHOLD_=131072`` does): otherwise glibc raises it after the first
-       large buffers are freed and serves later ones from a heap that never shrinks.
-    """
-    import ctypes
-    import ctypes.util
-    import functools
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    import pipeline.readers as readers
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        m_mmap_threshold = -3
-        ctypes.CDLL(libc_name).mallopt(m_mmap_threshold, 128 * 1024)
-    readers.pq = type("pq", (), {"ParquetFile": functools.partial(  # type: ignore[attr-defined]
-        pq.ParquetFile, pre_buffer=False, buffer_size=1 << 20)})
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("input")
     p.add_argument("--stage", choices=STAGES, required=True)
-    p.add_argument("--patch-reader", action="store_true",
-                   help="apply the proposed reader fix (see patch_reader) before reading")
     args = p.parse_args(argv)
     start = time.perf_counter()
 
     import pyarrow as pa
 
-    if args.patch_reader:
-        patch_reader()
-
     import pipeline.cli  # noqa: F401 - the same imports as a run
+    from pipeline.alloc import pin_mmap_threshold
     from pipeline.jobs import KeySet, PlanCounters, plan_rows
     from pipeline.models import RequestTrace, Success, utc_now
     from pipeline.readers import read_records
     from pipeline.records import encode_record, success_record
     from pipeline.rowspec import RowSpec
 
+    pin_mmap_threshold()  # as app.run does before every run
     level = STAGES.index(args.stage)
-    out: dict[str, object] = {"stage": args.stage, "rows": 0, "patched": args.patch_reader}
+    out: dict[str, object] = {"stage": args.stage, "rows": 0}
     done = KeySet()
     if level >= STAGES.index("read"):
         records = read_records(args.input, "parquet")

@@ -78,7 +78,7 @@ def net_cpu_ms(agg: dict[str, Any], n: int, start: float) -> float:
     return 1000.0 * (agg["cpu_s"] - start) / n
 
 
-SECTIONS = ("startup", "overhead", "sweep", "zero", "whatif", "memory", "alternatives")
+SECTIONS = ("startup", "overhead", "sweep", "zero", "memory", "alternatives")
 
 
 def render(size: str) -> str:
@@ -203,23 +203,6 @@ def render(size: str) -> str:
             prof = json.loads(prof_path.read_text())
             out += profile_section(prof)
 
-    w = load(size, "whatif")
-    if w:
-        ref = w["summary"].get("reference", {})
-        out += ["#### What-if: proposed hot-path changes patched in from outside", "",
-                f"`bench/whatif.py` monkeypatches `pipeline` in the client process and runs the "
-                f"normal CLI; {w['n']} prompts at zero latency, concurrency {w['concurrency']}, "
-                f"medians of {ref.get('runs', '?')} runs, variants alternating.", "",
-                "| variant | wall s | prompts/s | CPU ms/prompt | throughput vs ref | CPU vs ref |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for name, a in w["summary"].items():
-            out.append(f"| {name} | {f(a['wall_s'])} | {f(a['throughput'], '.0f')} | "
-                       f"{f(a['cpu_ms_per_prompt'], '.3f')} | "
-                       f"{f(a['throughput'] / ref['throughput'], '.2f') if ref else '–'} | "
-                       f"{f(a['cpu_ms_per_prompt'] / ref['cpu_ms_per_prompt'], '.2f') if ref else '–'}"
-                       " |")
-        out.append("")
-
     micro_path = RESULTS_DIR / "micro_hot_path.json"
     if micro_path.exists():
         micro = json.loads(micro_path.read_text())
@@ -231,10 +214,9 @@ def render(size: str) -> str:
                 "| work | prompt ~200 chars | prompt ~2,000 chars |", "|---|---:|---:|"]
         s200, s2000 = micro.get("stream_200", {}), micro.get("stream_2000", {})
         labels = [("reference", "reference: split lines, json.loads, stop at process_completed"),
-                  ("ours", "ours: SSEDecoder + parse_message + EventTracker (today)"),
-                  ("ours+sse", "ours, SSEEvent as a plain slots class"),
-                  ("ours+tracker", "ours, no diff tracking on the batch path"),
-                  ("ours+sse+tracker", "ours, both")]
+                  ("ours", "ours: SSEDecoder + parse_message + EventTracker following the text "
+                   "(the streaming path)"),
+                  ("ours+tracker", "ours, the batch path (`complete()`: text not followed)")]
         for key, label in labels:
             out.append(f"| {label} | {f(s200.get(key), '.1f')} | {f(s2000.get(key), '.1f')} |")
         rec = micro.get("records_200", {})
@@ -255,31 +237,24 @@ def render(size: str) -> str:
                 "as a cross-check.", "",
                 "| client | rows | ru_maxrss MB | VmHWM MB | wall s | rows out |",
                 "|---|---:|---:|---:|---:|---:|"]
-        for r in mem["runs"]:
+        for r in [r for r in mem["runs"] if r["client"] in ("ours", "reference")]:
             out.append(f"| {r['client']} | {r['n']:,} | {f(r['maxrss_mb'], '.1f')} | "
                        f"{f(r['hwm_mb'], '.1f')} | {f(r['wall_s'], '.1f')} | {r['rows_out']:,} |")
         ratio = mem["ours_ratio_largest_smallest"]
-        fixed = mem.get("patched_ratio_largest_smallest")
         out += ["", f"Ours, largest / smallest: **{f(ratio, '.2f')}** (target ≤ 1.25: "
-                f"{verdict(ratio <= 1.25)}). `ours+reader` is our CLI with the proposed reader "
-                f"fix patched in from outside (`bench/whatif.py --patch reader`): largest / "
-                f"smallest **{f(fixed, '.2f')}**.", "",
+                f"{verdict(ratio <= 1.25)}).", "",
                 "What grows: `bench/mem_probe.py` runs qwen-batch's own pieces over the same files "
-                "with no network, one process per cell (ru_maxrss, MB). *Patched* applies the "
-                "reader fix proposed below (`pre_buffer=False, buffer_size=1 MiB`, the system "
-                "allocator for Arrow, glibc's mmap threshold pinned at 128 KiB) from outside, "
-                "without touching `pipeline/`.", ""]
+                "with no network, one process per cell (ru_maxrss, MB; the `done` stage adds every "
+                "row to the done set, the worst case).", ""]
         sizes = mem["sizes"]
-        out += ["| stage (cumulative) | " + " | ".join(f"{n:,}" for n in sizes)
-                + " | patched: " + " | patched: ".join(f"{n:,}" for n in sizes) + " |",
-                "|---|" + "---:|" * (2 * len(sizes))]
+        out += ["| stage (cumulative) | " + " | ".join(f"{n:,}" for n in sizes) + " |",
+                "|---|" + "---:|" * len(sizes)]
         for stage in ("import", "read", "plan", "done", "records"):
             cells = []
-            for patched in (False, True):
-                for n in sizes:
-                    hit = [p for p in mem["probes"] if p["stage"] == stage and p["patched"] == patched
-                           and (p["n"] == n or stage == "import")]
-                    cells.append(f(hit[0]["maxrss_mb"], ".1f") if hit else "–")
+            for n in sizes:
+                hit = [p for p in mem["probes"] if p["stage"] == stage and not p.get("patched")
+                       and (p["n"] == n or stage == "import")]
+                cells.append(f(hit[0]["maxrss_mb"], ".1f") if hit else "–")
             out.append(f"| {stage} | " + " | ".join(cells) + " |")
         out.append("")
 

@@ -12,7 +12,6 @@ Sections (``--only overhead,sweep,...`` to pick some):
                 both at the highest concurrency, full size);
 * ``zero``      both clients with the fake Space answering at once (the client's hot path),
                 plus a py-spy profile of each and micro_hot_path.py (full size, or ``--profile``);
-* ``whatif``    zero latency again with proposed hot-path changes patched in (whatif.py);
 * ``memory``    peak RSS of ours (and the reference) for 2k / 20k / 200k Parquet rows of
                 ~2 KB prompts, plus ``mem_probe.py`` stages to see what grows;
 * ``alternatives`` ours, the reference, the provider style (a session per prompt) and the
@@ -251,42 +250,6 @@ def section_zero(sz: Sizes, profile: bool) -> dict[str, Any]:
     return result
 
 
-def section_whatif(sz: Sizes) -> dict[str, Any]:
-    """Zero latency again, with proposed hot-path changes applied from outside (whatif.py)."""
-    n, c = sz.zero_n, 64
-    inp = make_jsonl(INPUTS / f"prompts-{n}.jsonl", n)
-    variants = ["reference", "ours", "ours+sse", "ours+tracker", "ours+sse+tracker"]
-    work = WORK / "whatif"
-    work.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    with FakeSpaceProc(0.0, CHUNKS) as space:
-        for rep in range(sz.zero_reps):
-            for variant in (variants if rep % 2 == 0 else list(reversed(variants))):
-                out = work / "out.jsonl"
-                out.unlink(missing_ok=True)
-                if variant == "reference":
-                    cmd = reference_cmd(inp, out, space.url, c)
-                else:
-                    cmd = ours_cmd(inp, out, space.url, c)
-                    patches = variant.partition("+")[2].replace("+", ",")
-                    if patches:
-                        cmd = [cmd[0], str(BENCH_DIR / "whatif.py"), "--patch", patches, "--",
-                               *cmd[3:]]
-                res = run_measured(cmd, timeout=max(60.0, n / 50), server=space)
-                rows = count_lines(out)
-                runs[variant].append({**res.to_dict(), "rows_out": rows,
-                                      "ok": res.returncode == 0 and rows == n})
-                log(f"  {variant:17s} wall {res.wall_s:6.2f} s, cpu {res.cpu_s:6.2f} s, "
-                    f"{rows}/{n} rows")
-    summary = {v: {"wall_s": median([r["wall_s"] for r in rs]),
-                   "cpu_s": median([r["cpu_s"] for r in rs]),
-                   "throughput": n / median([r["wall_s"] for r in rs]),
-                   "cpu_ms_per_prompt": 1000 * median([r["cpu_s"] for r in rs]) / n,
-                   "all_ok": all(r["ok"] for r in rs), "runs": len(rs)}
-               for v, rs in runs.items()}
-    return {"n": n, "concurrency": c, "latency": 0.0, "summary": summary, "runs": runs}
-
-
 def section_memory(sz: Sizes) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     files = {}
@@ -300,47 +263,29 @@ def section_memory(sz: Sizes) -> dict[str, Any]:
     with FakeSpaceProc(0.0, CHUNKS) as space:
         for n in sz.memory:
             clients = ["ours"] + (["reference"] if n <= sz.memory_ref_max else [])
-            if n in (min(sz.memory), max(sz.memory)):
-                clients.append("ours+reader")
             for client in clients:
                 if any(r["client"] == client and r["n"] == n for r in rows):
                     continue
-                if client == "ours+reader":  # the proposed reader fix, patched in (whatif.py)
-                    out = WORK / "mem" / "patched.jsonl"
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    cmd = ours_cmd(files[n], out, space.url, 64)
-                    cmd = [cmd[0], str(BENCH_DIR / "whatif.py"), "--patch", "reader", "--",
-                           *cmd[3:]]
-                    res = run_measured(cmd, timeout=max(120.0, n / 40), server=space)
-                    run = ClientRun(client, n, 64, res, count_lines(out))
-                    out.unlink(missing_ok=True)
-                else:
-                    run = run_client(client, files[n], n, space.url, 64, workdir=WORK / "mem",
-                                     timeout=max(120.0, n / 40), server=space)
+                run = run_client(client, files[n], n, space.url, 64, workdir=WORK / "mem",
+                                 timeout=max(120.0, n / 40), server=space)
                 log(f"  memory {client:11s} n={n}: rss {run.proc.maxrss_mb:.1f} MB "
                     f"(VmHWM {run.proc.hwm_mb:.1f}), wall {run.proc.wall_s:.1f} s"
                     f"{'' if run.ok else '  << NOT OK'}")
                 rows.append({**run.to_dict(), "server": server_check(space)})
     probes = []
-    for patched in (False, True):
-        for stage in ("import", "read", "plan", "done", "records"):
-            for n in sz.memory:
-                if stage == "import" and n != sz.memory[0]:
-                    continue
-                cmd = [python_exe(), str(BENCH_DIR / "mem_probe.py"), str(files[n]), "--stage",
-                       stage] + (["--patch-reader"] if patched else [])
-                res = run_measured(cmd, timeout=600)
-                probes.append({"stage": stage, "n": n, "patched": patched,
-                               "maxrss_mb": res.maxrss_mb, "cpu_s": res.cpu_s,
-                               "ok": res.returncode == 0})
-                log(f"  probe {'patched ' if patched else ''}{stage:7s} n={n}: "
-                    f"rss {res.maxrss_mb:.1f} MB")
+    for stage in ("import", "read", "plan", "done", "records"):
+        for n in sz.memory:
+            if stage == "import" and n != sz.memory[0]:
+                continue
+            cmd = [python_exe(), str(BENCH_DIR / "mem_probe.py"), str(files[n]), "--stage", stage]
+            res = run_measured(cmd, timeout=600)
+            probes.append({"stage": stage, "n": n, "maxrss_mb": res.maxrss_mb,
+                           "cpu_s": res.cpu_s, "ok": res.returncode == 0})
+            log(f"  probe {stage:7s} n={n}: rss {res.maxrss_mb:.1f} MB")
     ours = {r["n"]: r["maxrss_mb"] for r in rows if r["client"] == "ours"}
     ratio = max(ours.values()) / min(ours.values()) if ours else float("nan")
-    fixed = {r["n"]: r["maxrss_mb"] for r in rows if r["client"] == "ours+reader"}
-    fixed_ratio = max(fixed.values()) / min(fixed.values()) if len(fixed) > 1 else float("nan")
     return {"sizes": list(sz.memory), "prompt_chars": 2000, "concurrency": 64, "latency": 0.0,
-            "patched_ratio_largest_smallest": fixed_ratio, "runs": rows, "probes": probes,
+            "runs": rows, "probes": probes,
             "ours_ratio_largest_smallest": ratio,
             "target_ratio_max": 1.25}
 
@@ -465,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     global REUSE_MEMORY_RUNS
     REUSE_MEMORY_RUNS = args.reuse_memory_runs
     wanted = [s for s in args.only.split(",") if s] or [
-        "startup", "overhead", "sweep", "zero", "whatif", "memory", "alternatives"]
+        "startup", "overhead", "sweep", "zero", "memory", "alternatives"]
     started = time.monotonic()
     results: dict[str, Any] = {}
     meta = {"size": args.size, "machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -483,8 +428,6 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = section_zero(sz, sz.profile or args.profile)
         elif name == "memory":
             results[name] = section_memory(sz)
-        elif name == "whatif":
-            results[name] = section_whatif(sz)
         elif name == "alternatives":
             results[name] = section_alternatives(sz)
         else:
