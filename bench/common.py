@@ -282,7 +282,8 @@ def run_measured(cmd: Sequence[str], *, timeout: float, server: FakeSpaceProc | 
         poller.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(max(0, err.seek(0, os.SEEK_END) - 4000))
-        tail = err.read().decode("utf-8", "replace")[-2000:]
+        # Results are committed: paths inside the repository are kept relative to it.
+        tail = err.read().decode("utf-8", "replace")[-2000:].replace(f"{REPO}/", "")
     server_cpu = (server.cpu_s() - server_cpu0) if server else float("nan")
     return ProcResult(
         wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, user_s=usage.ru_utime,
