@@ -19,6 +19,11 @@ def digest64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def key_digest(row_id: str, sample: int) -> int:
+    """The digest of an output key ``(id, sample)``: how every key set stores it."""
+    return digest64(f"{row_id}\x00{sample}")
+
+
 class DigestSet:
     """A grow-only set of 64-bit unsigned ints in an open-addressing table (``array('Q')``).
 

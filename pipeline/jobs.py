@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from .digests import DigestSet, digest64
+from .digests import DigestSet, digest64, key_digest
 from .errors import InputError
 from .models import Failure, PromptRow, RawRecord
 from .rowspec import RowSpec, build_prompt_row
-
-
-def _key_digest(row_id: str, sample: int) -> int:
-    return digest64(f"{row_id}\x00{sample}")
 
 
 class KeySet:
@@ -21,14 +17,14 @@ class KeySet:
     __slots__ = ("_digests",)
 
     def __init__(self, keys: Iterable[tuple[str, int]] = ()) -> None:
-        self._digests = DigestSet(_key_digest(i, s) for i, s in keys)
+        self._digests = DigestSet(key_digest(i, s) for i, s in keys)
 
     def add(self, row_id: str, sample: int = 0) -> None:
         """Add the key ``(row_id, sample)``."""
-        self._digests.add(_key_digest(row_id, sample))
+        self._digests.add(key_digest(row_id, sample))
 
     def __contains__(self, key: tuple[str, int]) -> bool:
-        return _key_digest(key[0], key[1]) in self._digests
+        return key_digest(key[0], key[1]) in self._digests
 
     def __len__(self) -> int:
         return len(self._digests)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.alloc import use_system_arrow_pool
-from pipeline.digests import DigestSet, digest64
+from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
 from pipeline.records import json_default
 from pipeline.writers import JsonlAppender, Key, iter_jsonl_records, output_key
@@ -142,7 +142,7 @@ def parquet_keys(path: str) -> Iterator[Key]:
 def _digest(key: Key) -> int:
     # 8 bytes instead of a tuple of objects: a merge of millions of rows keeps a small set.
     # A collision (odds ~n²/2⁶⁵) only drops a row from this merge; the next run redoes it.
-    return digest64(f"{key[0]}\x00{key[1]}")
+    return key_digest(*key)
 
 
 def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
