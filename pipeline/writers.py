@@ -254,7 +254,7 @@ def _output_kind(path: str, fmt: str | None) -> str:
 
 def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000) -> PartFormat:
     """How the parts of a partitioned output of ``kind`` (``jsonl``/``parquet``) are handled."""
-    if _output_kind("", kind) == "jsonl":
+    if kind in ("jsonl", "ndjson"):
         return PartFormat(
             ".jsonl",
             open_part=lambda part: JsonlOutput(part, fsync=fsync),
