@@ -1,18 +1,16 @@
-"""Read the real Gradio wire captures kept beside the repository (``../shared/gradio-captures``)."""
+"""Read the real Gradio wire captures kept in the repository (``tests/data/gradio-captures``).
+
+They are raw HTTP/SSE transcripts of real gradio 4.44.1 and 6.31.0 servers running the Space's
+layout: data, so they live with the tests and a fresh clone needs nothing beside it.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CAPTURES_DIR = Path(
-    os.environ.get(
-        "QWEN_BATCH_CAPTURES",
-        Path(__file__).resolve().parents[2] / "shared" / "gradio-captures",
-    )
-)
+CAPTURES_DIR = Path(__file__).resolve().parent / "data" / "gradio-captures"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ QWEN_BATCH_GRADIO4_PYTHON).  Everything here talks to 127.0.0.1 only.
   QWEN_BATCH_REQUIRE_GRADIO=1.
 * :func:`answer_for`: what the fake ``model_chat`` streams, to compute expected text.
 * :func:`config_skeleton` / :func:`expected_skeleton`: the ids and wiring of ``/config`` that must
-  match the captures in shared/gradio-captures/*_config.json.
+  match the captures in tests/data/gradio-captures/*_config.json.
 * :func:`raw_queue_call`: a minimal, independent sse_v3 client (join + data + diffs) on aiohttp,
   used to prove the server works without the code under test.
 """
@@ -34,12 +34,10 @@ from typing import Any
 
 import pytest
 
+from captures import CAPTURES_DIR
+
 TESTS_DIR = Path(__file__).resolve().parent
 APP_PATH = TESTS_DIR / "gradio_space_app.py"
-CAPTURES_DIR = Path(
-    os.environ.get("QWEN_BATCH_CAPTURES_DIR",
-                   Path(__file__).resolve().parents[2] / "shared" / "gradio-captures")
-)
 DEFAULT_SYSTEM = "You are a helpful assistant."
 STARTUP_TIMEOUT_S = 90.0
 

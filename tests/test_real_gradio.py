@@ -95,7 +95,7 @@ def _prefix(major: int) -> str:
 def test_expected_skeleton_matches_capture(major: int) -> None:
     """The ids written out in real_gradio.expected_skeleton are those of the captured mirror app."""
     path = capture_config_path(major)
-    assert path.is_file(), f"capture {path} missing (set QWEN_BATCH_CAPTURES_DIR)"
+    assert path.is_file(), f"capture {path} missing"
     capture = json.loads(path.read_text(encoding="utf-8"))
     assert config_skeleton(capture) == expected_skeleton(major)
 
