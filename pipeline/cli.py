@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from .app import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     RunOptions,
+    RunOutcome,
     run,
 )
 from .client import DEFAULT_URL, Timeouts
@@ -38,7 +38,6 @@ from .rowspec import RowSpec
 from .writers import default_errors_path, default_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
 
 
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -307,46 +306,74 @@ def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: st
 
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
-              help="Prompts to run.  [default: data/samples/prompts.jsonl]")
+              help="Prompts to run.  [default: the sample prompts shipped with qwen-batch]")
 @click.option("--output-dir", type=click.Path(file_okay=False),
-              help="Where to write the results.  [default: a new temporary directory]")
+              help="Where to write the results.  [default: the demo folder above]")
+@click.option("--fresh", is_flag=True, help="Start over: drop the results of earlier runs first.")
 @click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True,
               help="Which Gradio shape the fake Space speaks.")
 @click.option("--latency", type=float, default=0.3, show_default=True,
               help="Seconds the fake Space takes per answer.")
-def demo(input_path: str | None, output_dir: str | None, gradio: str, latency: float) -> None:
+def demo(input_path: str | None, output_dir: str | None, fresh: bool, gradio: str,
+         latency: float) -> None:
     """Run the sample prompts through the whole pipeline against a local fake Space.
 
     Needs no network: the fake Space listens on 127.0.0.1. Some sample prompts
     ask it for faults (a cut connection, a full queue, an app error) so the
-    retries show. Run it twice to see resume skip what is done.
+    retries show.
+
+    Results go to a fixed folder in your cache, so running the demo again
+    resumes: rows already done are skipped and the summary says how many.
+    --fresh starts over; --output-dir writes elsewhere. The demo folder:
+
+    \b
+      $XDG_CACHE_HOME/qwen-batch/demo        when XDG_CACHE_HOME is set
+      ~/.cache/qwen-batch/demo               else, on Linux and others
+      ~/Library/Caches/qwen-batch/demo       on macOS
+      %LOCALAPPDATA%\\qwen-batch\\Cache\\demo   on Windows
     """
-    from .fake_space import FakeSpaceConfig, run_fake_space
+    from .demo import demo_work_dir, sample_prompts
 
-    source = input_path or str(SAMPLES_DIR / "prompts.jsonl")
-    if not os.path.exists(source):
-        raise click.UsageError(f"sample prompts not found at {source}; pass --input")
-    out_dir = Path(output_dir or tempfile.mkdtemp(prefix="qwen-batch-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output = str(out_dir / "prompts.completions.jsonl")
-
-    async def go() -> int:
-        config = FakeSpaceConfig(gradio_major=int(gradio), latency=latency, chunks=10)
-        async with run_fake_space(config) as space:
-            click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
-            options = RunOptions(input=source, output=output, errors=default_errors_path(output),
-                                 urls=(space.url,), concurrency=8, progress=sys.stderr.isatty(),
-                                 retry_base_delay=0.05, retry_max_delay=0.5)
-            outcome = await run(options)
-        click.echo(outcome.summary.render(), err=True)
-        return outcome.exit_code
-
-    code = asyncio.run(go())
+    out_dir = Path(output_dir) if output_dir else demo_work_dir()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(f"cannot create the demo folder {out_dir}: {exc}; pass --output-dir") from None
+    with contextlib.ExitStack() as stack:
+        source = Path(input_path) if input_path else stack.enter_context(sample_prompts())
+        output = str(out_dir / f"{source.stem}.completions.jsonl")
+        click.echo(f"Demo folder: {out_dir} (run again to resume, --fresh to start over)", err=True)
+        code = _run_demo(str(source), output, fresh=fresh, gradio=int(gradio), latency=latency)
     click.echo(f"\nCompletions: {output}\nFirst records:", err=True)
     with open(output, encoding="utf-8") as handle:
         for _, line in zip(range(3), handle, strict=False):
             click.echo(line.rstrip())
     sys.exit(code)
+
+
+def _run_demo(source: str, output: str, *, fresh: bool, gradio: int, latency: float) -> int:
+    """One run of ``source`` against a fake Space started for it; the exit code, as ``run``'s."""
+    from .fake_space import FakeSpaceConfig, run_fake_space
+
+    async def go() -> RunOutcome:
+        config = FakeSpaceConfig(gradio_major=gradio, latency=latency, chunks=10)
+        async with run_fake_space(config) as space:
+            click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
+            options = RunOptions(input=source, output=output, errors=default_errors_path(output),
+                                 urls=(space.url,), concurrency=8, progress=sys.stderr.isatty(),
+                                 retry_base_delay=0.05, retry_max_delay=0.5, overwrite=fresh)
+            return await run(options)
+
+    try:
+        outcome = asyncio.run(go())
+    except LockedError as exc:  # the folder is fixed, so two demos at once meet here
+        click.echo(f"qwen-batch: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(outcome.summary.render(), err=True)
+    if outcome.summary.skipped_done:
+        click.echo(f"Resumed: {outcome.summary.skipped_done} rows were already done "
+                   "(--fresh starts over).", err=True)
+    return outcome.exit_code
 
 
 @main.command("fake-space", context_settings=CONTEXT_SETTINGS)

@@ -14,6 +14,7 @@ import sys
 import termios
 import time
 import urllib.request
+from importlib.resources import files
 from pathlib import Path
 
 from pipeline.fake_space import fake_answer
@@ -33,7 +34,8 @@ def test_demo_runs_the_samples_offline_and_resumes(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     records = [json.loads(x) for x in (tmp_path / "prompts.completions.jsonl").read_text().splitlines()]
-    samples = [json.loads(x) for x in (REPO / "data/samples/prompts.jsonl").read_text().splitlines()]
+    bundled = files("pipeline") / "samples" / "prompts.jsonl"
+    samples = [json.loads(x) for x in bundled.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["id"] for r in records) == sorted(s["id"] for s in samples)
     flaky = next(r for r in records if r["id"] == "flaky-connection")
     assert flaky["attempts"] == 2  # the fault was ridden out
