@@ -11,6 +11,11 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 from click.testing import CliRunner
 
 import pipeline
@@ -37,6 +42,16 @@ def test_the_samples_ship_inside_the_package() -> None:
     ids = sample_ids()
     assert len(ids) == len(set(ids)) >= 10
     assert {"flaky-connection", "busy-queue", "app-hiccup"} <= set(ids)  # the faults the help promises
+
+
+def test_pyproject_ships_every_bundled_sample_as_package_data() -> None:
+    """The wheel's own file list is checked by .ci/wheel-demo.sh; this is the cheap guard."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    patterns = tomllib.loads(pyproject.read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    package = Path(pipeline.__file__).parent
+    bundled = {p.relative_to(package) for p in (package / "samples").iterdir()}
+    shipped = {p.relative_to(package) for pattern in patterns["pipeline"] for p in package.glob(pattern)}
+    assert bundled and bundled <= shipped
 
 
 def test_demo_resumes_in_a_fixed_folder_of_the_user_cache(tmp_path: Path) -> None:
