@@ -34,6 +34,7 @@ from .errors import (
     QwenBatchError,
 )
 from .provider import Qwen_Qwen_2_72B
+from .readers import FORMAT_CHOICES
 from .rowspec import RowSpec
 from .writers import default_errors_path, default_output_path
 
@@ -126,7 +127,8 @@ def main(verbose: int) -> None:
 @opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
      "[default: <input stem>.completions.jsonl beside the input]")
 @opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
-@opt("--input-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
+@opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
+     help="Override the suffix (.gz/.zst are still decompressed).")
 @opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
 @opt("--prompt-field", default="prompt", show_default=True)
 @opt("--id-field", default="id", show_default=True, help="Unique row id (else the row number).")
@@ -179,6 +181,8 @@ def main(verbose: int) -> None:
      help="Stop with exit 4 after this many rows fail in a row.")
 @opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
      help="Largest accepted input line/row.")
+@opt("--csv-infer-types", is_flag=True, help="CSV/TSV input: let pyarrow type the columns "
+     "(numbers, booleans, timestamps) instead of reading every cell as text.")
 @opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
      help="Where requests run: this process, or Ray Data actors (pip install "
      "'qwen-batch[ray]'); output, resume and exit codes are the same.")
@@ -241,6 +245,7 @@ def run_command(input_path: str, **o: Any) -> None:
         summary_path=o["summary_path"],
         max_consecutive_failures=o["max_consecutive_failures"],
         max_record_bytes=o["max_record_bytes"],
+        csv_infer_types=o["csv_infer_types"],
         retry_base_delay=o["retry_delay"],
         retry_max_delay=o["retry_max_delay"],
         adaptive=not o["fixed_concurrency"],
@@ -379,7 +384,12 @@ def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
                                  heartbeat_interval=heartbeat, fault_rates=rates)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    serve(config, host, port)
+    try:
+        serve(config, host, port)
+    except OSError as exc:  # the port is taken, or the host is not an address of this machine
+        click.echo(f"qwen-batch fake-space: cannot listen on {host}:{port}: "
+                   f"{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover
