@@ -392,5 +392,39 @@ def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
         sys.exit(EXIT_USAGE)
 
 
+@main.command("sort", context_settings=CONTEXT_SETTINGS)
+@click.argument("output", type=click.Path(dir_okay=True))
+def sort_command(output: str) -> None:
+    """Rewrite the JSONL OUTPUT of a finished run in input order (position, then sample).
+
+    A run appends records as they finish, so that a crash loses nothing; this puts
+    them back in the order of the input. The file is replaced atomically (a sorted
+    copy beside it, fsynced, then renamed) and memory stays bounded however big it
+    is. Refused (exit 1) while a run writes OUTPUT. Parquet output needs no sorting:
+    it is in input order already.
+
+    \b
+    Example:
+      qwen-batch sort prompts.completions.jsonl
+    """
+    from .sort import sort_output
+
+    if Path(output).suffix.lower() in (".parquet", ".pq"):
+        click.echo(f"qwen-batch sort: {output} is Parquet, which is already in input order",
+                   err=True)
+        return
+    try:
+        count, changed = sort_output(output)
+    except LockedError as exc:
+        click.echo(f"qwen-batch sort: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except OutputError as exc:
+        click.echo(f"qwen-batch sort: error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(f"{output}: {count} records " + ("now in input order" if changed
+                                                else "already in input order, left as is"),
+               err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
