@@ -426,5 +426,51 @@ def sort_command(output: str) -> None:
                err=True)
 
 
+@main.command("report", context_settings=CONTEXT_SETTINGS)
+@click.argument("output")
+@click.option("--errors", "errors_path", help="The errors file of the run.  "
+              "[default: <output stem>.errors.jsonl beside OUTPUT]")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw latency and throughput over the run into this PNG "
+              "(needs matplotlib: pip install 'qwen-batch[plot]').")
+def report_command(output: str, errors_path: str | None, as_json: bool,
+                   plot_path: str | None) -> None:
+    """Summarise a finished OUTPUT: counts, latency and first-token percentiles,
+    throughput over time and failing rows by error type.
+
+    OUTPUT is a JSONL or Parquet output, or a --rows-per-file directory of parts;
+    the errors file beside it is read too. Exit 2 when OUTPUT cannot be read.
+
+    \b
+    Example:
+      qwen-batch report prompts.completions.jsonl --plot run.png
+    """
+    import json
+
+    from .report import read_report, render
+
+    output = output.rstrip("/") or output
+    try:
+        report = read_report(output, errors_path or default_errors_path(output))
+    except OutputError as exc:
+        click.echo(f"qwen-batch report: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render(report))
+    if plot_path:
+        from .report_plot import plot_report
+
+        try:
+            plot_report(report, plot_path)
+        except ConfigError as exc:
+            click.echo(f"qwen-batch report: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except OSError as exc:
+            click.echo(f"qwen-batch report: cannot write {plot_path}: {exc.strerror or exc}",
+                       err=True)
+            sys.exit(EXIT_FAILURE)
+        click.echo(f"plot written to {plot_path}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
