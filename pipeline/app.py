@@ -26,7 +26,7 @@ from .lock import OutputLock
 from .models import Failure, PromptRow, Success, iso_utc, utc_now
 from .partitioned import remove_parts
 from .progress import Progress
-from .readers import detect_format, read_records
+from .readers import count_rows, detect_format, read_records
 from .records import failure_record, success_record
 from .retry import RetryPolicy
 from .rowspec import RowSpec
@@ -71,6 +71,8 @@ class RunOptions:
     summary_path: str | None = None
     max_consecutive_failures: int = 20
     max_record_bytes: int = 1_000_000
+    csv_infer_types: bool = False
+    """CSV/TSV input: let pyarrow infer column types instead of reading text."""
     retry_base_delay: float = 1.0
     retry_max_delay: float = 60.0
     adaptive: bool = True
@@ -103,30 +105,14 @@ def _remove_outputs(options: RunOptions) -> None:
 
 def _count_rows(path: str, fmt: str) -> int | None:
     """Rows in the input, for the progress bar's ETA; None when unknown or too costly."""
-    if path == "-":
-        return None
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(path).metadata.num_rows)
-        if os.path.getsize(path) > 4 << 30:
-            return None
-        count, last = 0, b"\n"
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                count += block.count(b"\n")
-                last = block[-1:]
-        return count + (last != b"\n")
-    except (OSError, ValueError) as exc:
-        log.debug("cannot count input rows: %s", exc)
-        return None
+    return count_rows(path, fmt)
 
 
 async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) -> None:
     run_started = iso_utc(utc_now())
     fmt = detect_format(options.input, options.input_format)
-    records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes)
+    records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes,
+                           infer_csv_types=options.csv_infer_types)
     output = open_output(options.output, options.output_format,
                          rows_per_file=options.rows_per_file)
     errors_sink: JsonlAppender | None = None

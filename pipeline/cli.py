@@ -34,6 +34,7 @@ from .errors import (
     QwenBatchError,
 )
 from .provider import Qwen_Qwen_2_72B
+from .readers import FORMAT_CHOICES
 from .rowspec import RowSpec
 from .writers import default_errors_path, default_output_path
 
@@ -125,7 +126,8 @@ def main(verbose: int) -> None:
 @opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
      "[default: <input stem>.completions.jsonl beside the input]")
 @opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
-@opt("--input-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
+@opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
+     help="Override the suffix (.gz/.zst are still decompressed).")
 @opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
 @opt("--prompt-field", default="prompt", show_default=True)
 @opt("--id-field", default="id", show_default=True, help="Unique row id (else the row number).")
@@ -178,6 +180,8 @@ def main(verbose: int) -> None:
      help="Stop with exit 4 after this many rows fail in a row.")
 @opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
      help="Largest accepted input line/row.")
+@opt("--csv-infer-types", is_flag=True, help="CSV/TSV input: let pyarrow type the columns "
+     "(numbers, booleans, timestamps) instead of reading every cell as text.")
 @opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
      help="Where requests run: this process, or Ray Data actors (pip install "
      "'qwen-batch[ray]'); output, resume and exit codes are the same.")
@@ -240,6 +244,7 @@ def run_command(input_path: str, **o: Any) -> None:
         summary_path=o["summary_path"],
         max_consecutive_failures=o["max_consecutive_failures"],
         max_record_bytes=o["max_record_bytes"],
+        csv_infer_types=o["csv_infer_types"],
         retry_base_delay=o["retry_delay"],
         retry_max_delay=o["retry_max_delay"],
         adaptive=not o["fixed_concurrency"],
@@ -406,7 +411,92 @@ def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
                                  heartbeat_interval=heartbeat, fault_rates=rates)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    serve(config, host, port)
+    try:
+        serve(config, host, port)
+    except OSError as exc:  # the port is taken, or the host is not an address of this machine
+        click.echo(f"qwen-batch fake-space: cannot listen on {host}:{port}: "
+                   f"{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@main.command("sort", context_settings=CONTEXT_SETTINGS)
+@click.argument("output", type=click.Path(dir_okay=True))
+def sort_command(output: str) -> None:
+    """Rewrite the JSONL OUTPUT of a finished run in input order (position, then sample).
+
+    A run appends records as they finish, so that a crash loses nothing; this puts
+    them back in the order of the input. The file is replaced atomically (a sorted
+    copy beside it, fsynced, then renamed) and memory stays bounded however big it
+    is. Refused (exit 1) while a run writes OUTPUT. Parquet output needs no sorting:
+    it is in input order already.
+
+    \b
+    Example:
+      qwen-batch sort prompts.completions.jsonl
+    """
+    from .sort import sort_output
+
+    if Path(output).suffix.lower() in (".parquet", ".pq"):
+        click.echo(f"qwen-batch sort: {output} is Parquet, which is already in input order",
+                   err=True)
+        return
+    try:
+        count, changed = sort_output(output)
+    except LockedError as exc:
+        click.echo(f"qwen-batch sort: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except OutputError as exc:
+        click.echo(f"qwen-batch sort: error: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(f"{output}: {count} records " + ("now in input order" if changed
+                                                else "already in input order, left as is"),
+               err=True)
+
+
+@main.command("report", context_settings=CONTEXT_SETTINGS)
+@click.argument("output")
+@click.option("--errors", "errors_path", help="The errors file of the run.  "
+              "[default: <output stem>.errors.jsonl beside OUTPUT]")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also draw latency and throughput over the run into this PNG "
+              "(needs matplotlib: pip install 'qwen-batch[plot]').")
+def report_command(output: str, errors_path: str | None, as_json: bool,
+                   plot_path: str | None) -> None:
+    """Summarise a finished OUTPUT: counts, latency and first-token percentiles,
+    throughput over time and failing rows by error type.
+
+    OUTPUT is a JSONL or Parquet output, or a --rows-per-file directory of parts;
+    the errors file beside it is read too. Exit 2 when OUTPUT cannot be read.
+
+    \b
+    Example:
+      qwen-batch report prompts.completions.jsonl --plot run.png
+    """
+    import json
+
+    from .report import read_report, render
+
+    output = output.rstrip("/") or output
+    try:
+        report = read_report(output, errors_path or default_errors_path(output))
+    except OutputError as exc:
+        click.echo(f"qwen-batch report: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render(report))
+    if plot_path:
+        from .report_plot import plot_report
+
+        try:
+            plot_report(report, plot_path)
+        except ConfigError as exc:
+            click.echo(f"qwen-batch report: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except OSError as exc:
+            click.echo(f"qwen-batch report: cannot write {plot_path}: {exc.strerror or exc}",
+                       err=True)
+            sys.exit(EXIT_FAILURE)
+        click.echo(f"plot written to {plot_path}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.alloc import use_system_arrow_pool
 from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
+from pipeline.parquet_order import Buffered, in_input_order, interleave
 from pipeline.records import json_default
 from pipeline.writers import JsonlAppender, Key, iter_jsonl_records, output_key
 
@@ -28,7 +29,8 @@ JOURNAL_SUFFIX = ".journal.jsonl"
 """Beside ``<path>``: the rows written since the last merge."""
 
 OUTPUT_SCHEMA = pa.schema(
-    [pa.field("id", pa.string(), nullable=False), pa.field("sample", pa.int64())]
+    [pa.field("id", pa.string(), nullable=False), pa.field("sample", pa.int64()),
+     pa.field("position", pa.int64())]
     + [pa.field(n, pa.string()) for n in ("prompt", "system", "completion", "model")]
     + [pa.field("attempts", pa.int64())]
     + [pa.field(n, pa.string())
@@ -259,15 +261,21 @@ def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 1
         to_json = {name for name, kind in types.items() if kind is None}
         was_json = {f.name for f in existing.schema_arrow if f.metadata == JSON_ENCODED} \
             if existing is not None else set()
-        with pq.ParquetWriter(tmp_path, schema) as writer:
+        # Input order: the new rows sorted (bounded memory) and slotted between the old ones.
+        new_rows = in_input_order(_new_rows(journal, old_keys, pending, first_pass=False),
+                                  os.path.dirname(os.path.abspath(path)))
+
+        def to_table(chunk: list[dict[str, Any]]) -> pa.Table:
+            rows = [{n: _json_cell(r.get(n)) if n in to_json else r.get(n)
+                     for n in schema.names} for r in chunk]
+            return pa.Table.from_pylist(rows, schema=schema)
+
+        with new_rows, pq.ParquetWriter(tmp_path, schema) as writer:
+            out = Buffered(writer, batch_rows)
             for batch in existing.iter_batches(batch_size=batch_rows) if existing else ():
-                writer.write_table(_conform(batch, schema, was_json), batch_rows)
-            for chunk in _chunks(_new_rows(journal, old_keys, pending, first_pass=False),
-                                 batch_rows):
-                rows = [{n: _json_cell(r.get(n)) if n in to_json else r.get(n)
-                         for n in schema.names} for r in chunk]
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema), batch_rows)
-                added += len(rows)
+                added += interleave(out, _conform(batch, schema, was_json), new_rows, to_table)
+            added += interleave(out, None, new_rows, to_table)
+            out.flush()
         _fsync_path(tmp_path)
         os.replace(tmp_path, path)
         _fsync_path(os.path.dirname(os.path.abspath(path)))  # make the rename itself durable

@@ -1,61 +1,79 @@
-"""Streaming readers for JSONL and Parquet inputs: one record (or input error) per row.
+"""Streaming readers for every input kind: one record (or input error) per row.
 
-pyarrow is imported only on the Parquet path: a JSONL run never pays its start-up
-time and memory (~0.2 s and ~50 MB).
+JSONL (plain, ``.gz``, ``.zst``), a Parquet file or dataset directory, CSV and TSV.
+pyarrow is imported only for Parquet, CSV/TSV and ``.zst`` (see :mod:`.readers_arrow`):
+a JSONL run, gzip included, never pays its start-up time and memory (~0.2 s and ~50 MB).
 """
 
 from __future__ import annotations
 
+import gzip
+import itertools
 import json
+import os
 import sys
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
-from pipeline.alloc import use_system_arrow_pool
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
 
-Format = Literal["jsonl", "parquet"]
+Format = Literal["jsonl", "parquet", "csv", "tsv"]
+Compression = Literal["gzip", "zstd"]
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json-lines")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+TSV_SUFFIXES = (".tsv", ".tab")
+COMPRESSION_SUFFIXES: dict[str, Compression] = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _FORMAT_NAMES: dict[str, Format] = {
     "jsonl": "jsonl", "ndjson": "jsonl", "json-lines": "jsonl",
-    "parquet": "parquet", "pq": "parquet",
+    "parquet": "parquet", "pq": "parquet", "csv": "csv", "tsv": "tsv",
 }
+FORMAT_CHOICES = ("jsonl", "parquet", "csv", "tsv")
+"""The names ``--input-format`` accepts."""
+
 _SKIP_CHUNK = 64 * 1024  # how much of an oversized line is held at once while skipping it
 _BOM = b"\xef\xbb\xbf"
-_PARQUET_BUFFER = 1 << 20  # read a column chunk through a 1 MiB buffer, page by page
+_READ_ERRORS = (OSError, EOFError, zlib.error)  # EOFError: a truncated .gz
 
 
-def _arrow_errors() -> tuple[type[BaseException], ...]:
-    """What reading a Parquet file may raise (imports pyarrow: Parquet path only)."""
-    import pyarrow as pa
-
-    return (OSError, ValueError, TypeError, pa.ArrowException)
+def compression_of(path: str) -> Compression | None:
+    """The compression a file name says (``x.jsonl.gz`` -> gzip), or None."""
+    return COMPRESSION_SUFFIXES.get(Path(path).suffix.lower()) if path != "-" else None
 
 
 def detect_format(path: str, forced: str | None) -> Format:
     """The input format: ``forced`` if given, else from the suffix; ``-`` is JSONL on stdin.
 
-    Raises InputFileError for an unknown suffix or forced name.
+    A compression suffix (``.gz``, ``.zst``) is looked through (``a.csv.gz`` is CSV);
+    a directory is a Parquet dataset. Raises InputFileError for an unknown suffix
+    or forced name.
     """
     if forced is not None:
         if forced.lower() not in _FORMAT_NAMES:
-            raise InputFileError(f"unknown input format {forced!r}: use 'jsonl' or 'parquet'")
+            raise InputFileError(f"unknown input format {forced!r}: use one of "
+                                 f"{', '.join(FORMAT_CHOICES)}")
         return _FORMAT_NAMES[forced.lower()]
     if path == "-":
         return "jsonl"
-    suffix = Path(path).suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in PARQUET_SUFFIXES:
+    if os.path.isdir(path):
         return "parquet"
-    accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+    name = Path(path)
+    if name.suffix.lower() in COMPRESSION_SUFFIXES:
+        name = name.with_suffix("")
+    suffix = name.suffix.lower()
+    for kind, suffixes in (("jsonl", JSONL_SUFFIXES), ("parquet", PARQUET_SUFFIXES),
+                           ("csv", CSV_SUFFIXES), ("tsv", TSV_SUFFIXES)):
+        if suffix in suffixes:
+            return _FORMAT_NAMES[kind]
+    accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES + CSV_SUFFIXES + TSV_SUFFIXES)
     raise InputFileError(
         f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-        f"accepted suffixes are {accepted} (or give the format explicitly)"
+        f"accepted suffixes are {accepted}, optionally followed by .gz or .zst, "
+        "or a directory of Parquet files (or give the format explicitly)"
     )
 
 
@@ -66,38 +84,95 @@ def read_records(
     max_record_bytes: int = 1_000_000,
     batch_size: int = 1024,
     stdin: BinaryIO | None = None,
+    infer_csv_types: bool = False,
 ) -> Iterator[RawRecord | InputError]:
     """Stream the records of ``path`` (``-`` = JSONL on ``stdin``), one item per record.
 
     Bad records come out as InputError items instead of stopping the stream; every
     item, good or bad, takes the next ``position``, so positions are stable across
-    runs. The file is opened (and a Parquet footer checked) *by this call*, so an
-    unreadable file raises InputFileError here, before the first record; an I/O
-    error or corrupt Parquet page met later is raised from ``next()``.
+    runs. The file is opened, and its first record read, *by this call*, so an
+    unreadable file, or one with no rows at all, raises InputFileError here, before
+    anything is written; an I/O error or corrupt page met later is raised from
+    ``next()``. CSV/TSV columns are read as text unless ``infer_csv_types``.
     """
     kind = detect_format(path, fmt)
+    name = "<stdin>" if path == "-" else path
     if kind == "jsonl":
-        if path == "-":
-            source = stdin if stdin is not None else sys.stdin.buffer
-            return _iter_jsonl(source, "<stdin>", max_record_bytes, close=False)
-        try:
-            stream = open(path, "rb")  # noqa: SIM115 - the generator closes it
-        except OSError as exc:
-            raise InputFileError(f"cannot open {path}: {exc.strerror or exc}") from exc
-        return _iter_jsonl(stream, path, max_record_bytes, close=True)
-    if path == "-":
-        raise InputFileError("Parquet cannot be read from stdin: give a file path")
-    import pyarrow.parquet as pq
+        items = _open_jsonl(path, max_record_bytes, stdin)
+    elif path == "-":
+        raise InputFileError(f"{kind.upper()} cannot be read from stdin: give a file path "
+                             "(stdin is JSONL only)")
+    else:
+        from pipeline import readers_arrow  # pyarrow: only for these formats
 
-    use_system_arrow_pool()
+        if kind == "parquet":
+            items = readers_arrow.read_parquet(path, max_record_bytes, batch_size)
+        else:
+            items = readers_arrow.read_csv(path, "\t" if kind == "tsv" else ",",
+                                           max_record_bytes, batch_size,
+                                           infer_types=infer_csv_types)
+    return _require_rows(items, name)
+
+
+def _require_rows(
+    items: Iterator[RawRecord | InputError], name: str
+) -> Iterator[RawRecord | InputError]:
+    """``items`` with its first item read now: an input without rows is a file error.
+
+    A run over an empty input is more often a broken export upstream than a quiet
+    night, so it fails (exit 2) with a message rather than finishing "all done".
+    """
+    first = next(items, None)
+    if first is None:
+        raise InputFileError(f"{name}: the input has no rows (the file is empty or holds "
+                             "only blank lines); nothing to do")
+    return itertools.chain((first,), items)
+
+
+def count_rows(path: str, fmt: str) -> int | None:
+    """Rows in the input, for the progress bar; None when unknown or too costly to count.
+
+    Parquet files and datasets say it in their footers; plain JSONL is counted by
+    newlines up to 4 GiB; compressed and CSV/TSV inputs are not counted (a second
+    decompression, or quoted newlines, would make it cost or lie).
+    """
+    if path == "-" or compression_of(path) is not None or fmt in ("csv", "tsv"):
+        return None
     try:
-        # pre_buffer=False: a file written with pyarrow's defaults is ONE row group, and
-        # pre-buffering would load a whole column chunk (the whole file) before the first
-        # batch; with it off, pages stream through a small buffer.
-        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
-    except _arrow_errors() as exc:
-        raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
-    return _iter_parquet(parquet, path, max_record_bytes, batch_size)
+        if fmt == "parquet":
+            from pipeline import readers_arrow
+
+            return readers_arrow.parquet_row_count(path)
+        if os.path.getsize(path) > 4 << 30:
+            return None
+        count, last = 0, b"\n"
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+                last = block[-1:]
+        return count + (last != b"\n")
+    except (OSError, ValueError):
+        return None
+
+
+def _open_jsonl(path: str, limit: int, stdin: BinaryIO | None) -> Iterator[RawRecord | InputError]:
+    if path == "-":
+        source = stdin if stdin is not None else sys.stdin.buffer
+        return _iter_jsonl(source, "<stdin>", limit, close=False)
+    compression = compression_of(path)
+    try:
+        stream: BinaryIO
+        if compression == "zstd":
+            from pipeline.readers_arrow import open_zstd  # pyarrow has the codec: no new dependency
+
+            stream = open_zstd(path)
+        elif compression == "gzip":
+            stream = cast(BinaryIO, gzip.open(path, "rb"))  # noqa: SIM115 - the generator closes it
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - the generator closes it
+    except OSError as exc:
+        raise InputFileError(f"cannot open {path}: {exc.strerror or exc}") from exc
+    return _iter_jsonl(stream, path, limit, close=True)
 
 
 def _iter_jsonl(
@@ -110,14 +185,15 @@ def _iter_jsonl(
             try:
                 # Bounded: a single line never costs more than limit + 1 bytes of memory.
                 line = stream.readline(limit + 1)
-            except OSError as exc:
-                raise InputFileError(f"{name}: read failed after line {lineno}: {exc}") from exc
+            except _READ_ERRORS as exc:
+                raise InputFileError(f"{name}: read failed after line {lineno}: "
+                                     f"{exc or type(exc).__name__}") from exc
             if not line:
                 return
             lineno += 1
             location = f"{name}:{lineno}"
             if len(line) > limit and not line.endswith(b"\n"):
-                size = len(line) + _skip_rest_of_line(stream)
+                size = len(line) + _skip_rest_of_line(stream, name, lineno)
                 del line  # do not hold the big buffer while suspended at the yield
                 yield InputError(
                     f"line is {size} bytes, over the limit of {limit}", location=location
@@ -136,11 +212,15 @@ def _iter_jsonl(
             stream.close()
 
 
-def _skip_rest_of_line(stream: BinaryIO) -> int:
+def _skip_rest_of_line(stream: BinaryIO, name: str, lineno: int) -> int:
     """Read past the end of the current line in small chunks; return the bytes skipped."""
     skipped = 0
     while True:
-        chunk = stream.readline(_SKIP_CHUNK)
+        try:
+            chunk = stream.readline(_SKIP_CHUNK)
+        except _READ_ERRORS as exc:
+            raise InputFileError(f"{name}: read failed in line {lineno}: "
+                                 f"{exc or type(exc).__name__}") from exc
         if not chunk:
             return skipped
         if chunk.endswith(b"\n"):
@@ -164,38 +244,7 @@ def _parse_json_line(line: bytes, position: int, location: str) -> RawRecord | I
     return RawRecord(position=position, location=location, values=value)
 
 
-def _iter_parquet(
-    parquet: Any, name: str, limit: int, batch_size: int
-) -> Iterator[RawRecord | InputError]:
-    row = 0
-    errors = _arrow_errors()
-    try:
-        batches = parquet.iter_batches(batch_size=batch_size)
-        while True:
-            try:
-                batch = next(batches, None)
-                rows = None if batch is None else batch.to_pylist()
-            except errors as exc:
-                raise InputFileError(f"{name}: cannot read past row {row}: {exc}") from exc
-            if rows is None:
-                return
-            del batch  # the rows are Python objects now: let Arrow free the batch's buffers
-            for values in rows:
-                location = f"{name} row {row}"
-                size = _approx_size(values, limit)
-                if size > limit:
-                    yield InputError(
-                        f"row is about {size}+ bytes, over the limit of {limit}",
-                        location=location,
-                    )
-                else:
-                    yield RawRecord(position=row, location=location, values=values)
-                row += 1
-    finally:
-        parquet.close()
-
-
-def _approx_size(value: Any, limit: int) -> int:
+def approx_size(value: Any, limit: int) -> int:
     """Rough size of a value in bytes (strings and bytes by length); stops past ``limit``."""
     total = 0
     stack = [value]
@@ -215,3 +264,4 @@ def _approx_size(value: Any, limit: int) -> int:
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+

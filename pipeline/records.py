@@ -13,7 +13,7 @@ from pipeline.models import Failure, Success, iso_utc, utc_now
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 
 STANDARD_FIELDS: tuple[str, ...] = (
-    "id", "sample", "prompt", "system", "completion", "model", "attempts", "session_hash",
+    "id", "sample", "position", "prompt", "system", "completion", "model", "attempts", "session_hash",
     "event_id", "url", "started_at", "finished_at", "queue_ms", "ttft_ms", "duration_ms",
     "chunks",
 )
@@ -37,6 +37,8 @@ def success_record(s: Success) -> dict[str, Any]:
     record: dict[str, Any] = {
         "id": s.row.id,
         "sample": s.sample,
+        # 0-based in the input: what `qwen-batch sort` and the Parquet merge order by.
+        "position": s.row.position,
         "prompt": s.row.prompt,
         # What was sent: the Space's own default when the row had none.
         "system": s.row.system if s.row.system is not None else DEFAULT_SYSTEM_PROMPT,

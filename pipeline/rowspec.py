@@ -151,11 +151,20 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
             raise InputError("the messages hold an empty prompt", location=location, field=field)
         if system is None:
             system = messages_system
+    elif spec.prompt_field in values:
+        raise InputError("the prompt is null" + (
+            "" if spec.messages_field not in values else f" (and so is {spec.messages_field!r})"),
+            location=location, field=spec.prompt_field)
     else:
         raise InputError(
             f"missing field {spec.prompt_field!r} (and no {spec.messages_field!r} field)",
             location=location, field=spec.prompt_field,
         )
+    _require_unicode(prompt, location, None if spec.template is not None
+                     else spec.prompt_field if values.get(spec.prompt_field) is not None
+                     else spec.messages_field)
+    if system is not None:
+        _require_unicode(system, location, spec.system_field)
     return PromptRow(
         id=_row_id(record, spec.id_field),
         position=record.position,
@@ -174,6 +183,17 @@ def _require_text(value: Any, location: str, field: str) -> str:
     if not value.strip():
         raise InputError("expected a non-empty string", location=location, field=field)
     return value
+
+
+def _require_unicode(text: str, location: str, field: str | None) -> None:
+    """Refuse text that cannot be sent as UTF-8: a lone surrogate (JSON ``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"not valid Unicode text: a lone surrogate {text[exc.start]!r} at character "
+            f"{exc.start} (fix the input; it cannot be sent)", location=location, field=field,
+        ) from None
 
 
 def _optional_str(values: Mapping[str, Any], field: str, location: str) -> str | None:

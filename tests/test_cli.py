@@ -41,7 +41,7 @@ def by_id(records: list[dict]) -> dict[str, dict]:
     return {r["id"]: r for r in records}
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["fake-space"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["fake-space"], ["sort"], ["report"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0

@@ -737,7 +737,11 @@ def test_read_records_jsonl_yields_one_typed_item_per_line(
     body = b"\n".join(lines) + (b"\n" if final_newline else b"")
     path = scratch / "property.jsonl"
     path.write_bytes(body)
-    from_file = list(read_records(str(path), max_record_bytes=limit))
+    try:
+        from_file = list(read_records(str(path), max_record_bytes=limit))
+    except InputFileError as exc:  # no rows at all is a file error, and only that is
+        assert "no rows" in str(exc) and not body.removeprefix(b"\xef\xbb\xbf").strip()
+        return
     check_records(from_file, body, limit)
     from_stdin = list(read_records("-", max_record_bytes=limit, stdin=io.BytesIO(body)))
     assert [snapshot(getattr(i, "values", str(i))) for i in from_stdin] == [

@@ -39,7 +39,7 @@ def test_success_record_keys_in_order_and_values() -> None:
     record = success_record(success(sample=1))
     assert tuple(record) == STANDARD_FIELDS
     assert record == {
-        "id": "r1", "sample": 1, "prompt": "Hi", "system": "Be brief", "completion": "Hello!",
+        "id": "r1", "sample": 1, "position": 3, "prompt": "Hi", "system": "Be brief", "completion": "Hello!",
         "model": "qwen", "attempts": 2, "session_hash": "abc123", "event_id": "ev1",
         "url": "https://space.example", "started_at": "2024-05-01T12:00:00.123Z",
         "finished_at": "2024-05-01T12:00:02.123Z", "queue_ms": 12.3, "ttft_ms": 150.1,

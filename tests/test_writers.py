@@ -44,7 +44,7 @@ def child(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
 
 
 def rec(i: int, sample: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"id": str(i), "sample": sample, "prompt": f"p{i}", "system": None,
+    return {"id": str(i), "sample": sample, "position": i, "prompt": f"p{i}", "system": None,
             "completion": f"c{i}", "model": "m", "attempts": 1, "session_hash": "h",
             "event_id": None, "url": "u", "started_at": None, "finished_at": None,
             "queue_ms": 1.5, "ttft_ms": None, "duration_ms": 3.0, "chunks": 2, **extra}

@@ -83,7 +83,9 @@ def success_from_record(record: Mapping[str, Any]) -> Success:
     keys that are not standard they come out of ``success_record`` unchanged.
     """
     keep = {k: v for k, v in record.items() if k not in STANDARD_FIELDS}
-    row = PromptRow(id=str(record["id"]), position=-1, prompt=record["prompt"],
+    position = record.get("position")
+    row = PromptRow(id=str(record["id"]), position=-1 if position is None else int(position),
+                    prompt=record["prompt"],
                     system=record.get("system"), keep=keep)
     trace = RequestTrace(
         session_hash=record.get("session_hash") or "", url=record.get("url") or "",

@@ -1,0 +1,225 @@
+"""The pyarrow-backed readers: a Parquet file or dataset directory, CSV/TSV, and zstd streams.
+
+Imported only when one of these is read, so JSONL runs never load pyarrow.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, cast
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.alloc import use_system_arrow_pool
+from pipeline.errors import InputError, InputFileError
+from pipeline.models import RawRecord
+from pipeline.readers import approx_size
+
+_ARROW_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException)
+_PARQUET_BUFFER = 1 << 20  # read a column chunk through a 1 MiB buffer, page by page
+_CSV_BLOCK = 1 << 20  # bytes of CSV parsed at a time
+
+
+def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
+    """The rows of a Parquet file, or of every Parquet file under a directory, in order."""
+    use_system_arrow_pool()
+    if os.path.isdir(path):
+        return _read_dataset(path, limit, batch_size)
+    try:
+        # pre_buffer=False: a file written with pyarrow's defaults is ONE row group, and
+        # pre-buffering would load a whole column chunk (the whole file) before the first
+        # batch; with it off, pages stream through a small buffer.
+        parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
+    except _ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
+    return _read_file(parquet, path, limit, batch_size)
+
+
+def _read_file(parquet: Any, path: str, limit: int,
+               batch_size: int) -> Iterator[RawRecord | InputError]:
+    try:
+        batches = parquet.iter_batches(batch_size=batch_size)
+        yield from _rows(batches, lambda row: f"{path} row {row}", 0, limit, path)
+    finally:
+        parquet.close()
+
+
+def _read_dataset(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
+    """A directory of Parquet files (Hive ``key=value/`` folders become columns), file by file.
+
+    Files are read in path order, so positions are stable from run to run; a row's
+    location is its file and row number in that file. Files named ``_*`` or ``.*``
+    (``_SUCCESS``, ``.crc``) are ignored, as Spark and pyarrow do.
+    """
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
+    except _ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as a Parquet dataset: {exc}") from exc
+    if not fragments:
+        raise InputFileError(f"{path}: the directory holds no Parquet files")
+    scan = ds.ParquetFragmentScanOptions(pre_buffer=False, buffer_size=_PARQUET_BUFFER)
+    return _read_fragments(fragments, dataset.schema, scan, limit, batch_size)
+
+
+def _read_fragments(fragments: list[Any], schema: Any, scan: Any, limit: int,
+                    batch_size: int) -> Iterator[RawRecord | InputError]:
+    position = 0
+    for fragment in fragments:
+        name = fragment.path
+        batches = fragment.to_batches(schema=schema, batch_size=batch_size, use_threads=False,
+                                      fragment_scan_options=scan)
+        for item in _rows(batches, lambda row, name=name: f"{name} row {row}", position,
+                          limit, name):
+            yield item
+            position += 1
+
+
+def _rows(batches: Iterable[Any], where: Any, position: int, limit: int,
+          name: str) -> Iterator[RawRecord | InputError]:
+    """Records from Arrow batches; ``where(row)`` names a row, ``position`` counts on."""
+    row = 0
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator, None)
+            rows = None if batch is None else batch.to_pylist()
+        except _ARROW_ERRORS as exc:
+            raise InputFileError(f"{name}: cannot read past row {row}: {exc}") from exc
+        if rows is None:
+            return
+        del batch  # the rows are Python objects now: let Arrow free the batch's buffers
+        for values in rows:
+            yield _record(values, position, where(row), limit)
+            position += 1
+            row += 1
+
+
+def _record(values: dict[str, Any], position: int, location: str,
+            limit: int) -> RawRecord | InputError:
+    size = approx_size(values, limit)
+    if size > limit:
+        return InputError(f"row is about {size}+ bytes, over the limit of {limit}",
+                          location=location)
+    return RawRecord(position=position, location=location, values=values)
+
+
+def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
+             infer_types: bool = False) -> Iterator[RawRecord | InputError]:
+    """The rows of a CSV/TSV file (``.gz``/``.zst`` too), streamed block by block.
+
+    The first line names the columns. Every column is text unless ``infer_types``:
+    prompts are text, and an id like ``007`` must stay ``007``. An empty cell is
+    null (a missing system prompt, not an empty one); a quoted ``""`` is an empty
+    string. Quoted values may span lines; a row's location is the line it starts on.
+    A row with all cells empty is skipped like a blank line (it has no prompt).
+    """
+    use_system_arrow_pool()
+    parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                ignore_empty_lines=False)
+    read = pa_csv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK)
+    names = _csv_header(path, read, parse)
+    convert = pa_csv.ConvertOptions(
+        column_types=None if infer_types else {n: pa.string() for n in names},
+        strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False)
+    try:
+        reader = pa_csv.open_csv(_input(path), read_options=read, parse_options=parse,
+                                 convert_options=convert)
+    except _ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as CSV: {exc}") from exc
+    return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
+
+
+def _csv_header(path: str, read: Any, parse: Any) -> list[str]:
+    try:
+        with pa_csv.open_csv(_input(path), read_options=read, parse_options=parse) as reader:
+            names = list(reader.schema.names)
+    except _ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as CSV: {exc}") from exc
+    if len(set(names)) != len(names):
+        seen = sorted({n for n in names if names.count(n) > 1})
+        raise InputFileError(f"{path}:1: the header repeats the column(s) {', '.join(seen)}")
+    return names
+
+
+def _csv_rows(reader: Any, path: str, line: int, limit: int) -> Iterator[RawRecord | InputError]:
+    position = 0
+    try:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except _ARROW_ERRORS as exc:
+                raise InputFileError(f"{path}: cannot read past line {line - 1}: {exc}") from exc
+            rows = batch.to_pylist()
+            del batch
+            for values in rows:
+                # Quoted newlines make a row span lines: count them to keep line numbers true.
+                span = 1 + sum(v.count("\n") for v in values.values() if isinstance(v, str))
+                if any(v is not None for v in values.values()):
+                    yield _record(values, position, f"{path}:{line}", limit)
+                    position += 1
+                line += span
+    finally:
+        reader.close()
+
+
+def _input(path: str) -> Any:
+    """The file as an Arrow stream, decompressed by its suffix (``.gz``, ``.zst``...)."""
+    try:
+        return pa.input_stream(path, compression="detect")
+    except _ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot open {path}: {exc}") from exc
+
+
+class _ArrowRaw(io.RawIOBase):
+    """An Arrow input stream seen as a raw binary file, so Python can buffer it by lines."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+class _ReadError(OSError):
+    """A decompression error from Arrow, as the OSError line readers expect."""
+
+
+def open_zstd(path: str) -> BinaryIO:
+    """A zstd-compressed file as a buffered binary stream with ``readline(limit)``."""
+    try:
+        stream = pa.input_stream(path, compression="zstd")
+    except _ARROW_ERRORS as exc:
+        raise OSError(str(exc)) from exc
+    return cast(BinaryIO, io.BufferedReader(_SafeRaw(stream), 1 << 16))
+
+
+class _SafeRaw(_ArrowRaw):
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return super().readinto(buffer)
+        except (ValueError, pa.ArrowException) as exc:
+            raise _ReadError(f"cannot decompress: {exc}") from exc
+
+
+def parquet_row_count(path: str) -> int:
+    """Rows of a Parquet file or dataset directory, from the footers."""
+    if os.path.isdir(path):
+        return int(ds.dataset(path, format="parquet", partitioning="hive").count_rows())
+    return int(pq.ParquetFile(path).metadata.num_rows)
