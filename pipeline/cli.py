@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .app import (
@@ -35,7 +36,7 @@ from .errors import (
 )
 from .provider import Qwen_Qwen_2_72B
 from .rowspec import RowSpec
-from .writers import default_errors_path, default_output_path
+from .writers import default_errors_path, default_output_path, legacy_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "data" / "samples"
@@ -124,12 +125,13 @@ def main(verbose: int) -> None:
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("input_path", metavar="INPUT", envvar="QWEN_BATCH_INPUT")
 @opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
-     "[default: <input stem>.completions.jsonl beside the input]")
+     "[default: <input name>.completions.jsonl beside the input]")
 @opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
 @opt("--input-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
 @opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
 @opt("--prompt-field", default="prompt", show_default=True)
-@opt("--id-field", default="id", show_default=True, help="Unique row id (else the row number).")
+@opt("--id-field", default="id", show_default=True,
+     help="Unique row id (rows without one get an id from their content).")
 @opt("--system-field", default="system", show_default=True)
 @opt("--messages-field", default="messages", show_default=True,
      help="A chat list of {role, content}, folded into one prompt.")
@@ -173,6 +175,8 @@ def main(verbose: int) -> None:
      help="Write OUTPUT as a directory of part files of at most N records each "
      "(part-000000.jsonl, ...; format from --output-format or the directory's suffix).")
 @opt("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
+@opt("--resume-any", is_flag=True, help="Resume even if OUTPUT was made from another input "
+     "(by default that is refused: its ids would skip rows never done).")
 @opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY).")
 @opt("--summary", "summary_path", help="Also write the summary as JSON to this file.")
 @opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
@@ -215,6 +219,14 @@ def run_command(input_path: str, **o: Any) -> None:
         deadline = seconds_until(o["deadline"]) if o["deadline"] else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--deadline") from None
+    if o["output"] is None:
+        legacy = legacy_output_path(input_path)
+        if legacy is not None and os.path.exists(legacy) \
+                and not os.path.exists(default_output_path(input_path)):
+            raise click.UsageError(
+                f"{legacy} exists: earlier versions wrote there by default; now the default is "
+                f"{default_output_path(input_path)} (so that inputs differing only in suffix "
+                f"never share an output). Resume it with -o {legacy}, or rename it.")
     output = o["output"] or default_output_path(input_path)
     if o["rows_per_file"] is not None and output != "-":
         output = output.rstrip("/") or output  # the lock and errors file go beside it
@@ -236,6 +248,9 @@ def run_command(input_path: str, **o: Any) -> None:
         proxy=o["proxy"],
         hf_token=o["hf_token"],
         overwrite=o["overwrite"],
+        resume_any=o["resume_any"],
+        require_id=click.get_current_context().get_parameter_source("id_field")
+        is not ParameterSource.DEFAULT,
         rows_per_file=o["rows_per_file"],
         progress=not o["no_progress"] and sys.stderr.isatty(),
         summary_path=o["summary_path"],
@@ -328,7 +343,7 @@ def demo(input_path: str | None, output_dir: str | None, gradio: str, latency: f
         raise click.UsageError(f"sample prompts not found at {source}; pass --input")
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="qwen-batch-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = str(out_dir / "prompts.completions.jsonl")
+    output = str(out_dir / Path(default_output_path(source)).name)
 
     async def go() -> int:
         config = FakeSpaceConfig(gradio_major=int(gradio), latency=latency, chunks=10)

@@ -100,6 +100,19 @@ def read_records(
     return _iter_parquet(parquet, path, max_record_bytes, batch_size)
 
 
+def parquet_columns(path: str) -> list[str]:
+    """The top-level column names of a Parquet file, from its footer alone (no row is read).
+
+    Raises InputFileError when the file cannot be read as Parquet.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except _arrow_errors() as exc:
+        raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
 def _iter_jsonl(
     stream: BinaryIO, name: str, limit: int, *, close: bool
 ) -> Iterator[RawRecord | InputError]:
