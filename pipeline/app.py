@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 
 from .alloc import pin_mmap_threshold
 from .client import DEFAULT_URL, Timeouts
+from .columns import Records, close_records, open_checked_input
 from .engines import open_engine
 from .errorlog import compact_errors
-from .errors import EndpointDownError, OutputError
+from .errors import EndpointDownError, InputError, OutputError
 from .jobs import KeySet, PlanCounters, plan_rows
 from .lock import OutputLock
-from .models import Failure, PromptRow, Success, iso_utc, utc_now
+from .models import Failure, PromptRow, RawRecord, Success, iso_utc, utc_now
 from .partitioned import remove_parts
 from .progress import Progress
+from .provenance import note_path, verify_input
 from .readers import count_rows, detect_format, read_records
 from .records import failure_record, success_record
 from .retry import RetryPolicy
@@ -65,6 +67,10 @@ class RunOptions:
     proxy: str | None = None
     hf_token: str | None = None
     overwrite: bool = False
+    resume_any: bool = False
+    """Resume even when the input is not the one the output was made from (see .provenance)."""
+    require_id: bool = False
+    """The id field was named (``--id-field`` or a config): an input without it is a usage error."""
     rows_per_file: int | None = None
     """Write ``output`` as a directory of parts of at most this many records each."""
     progress: bool = True
@@ -97,7 +103,8 @@ class RunOutcome:
 def _remove_outputs(options: RunOptions) -> None:
     if options.rows_per_file is not None and os.path.isdir(options.output):
         remove_parts(options.output)
-    for path in (options.output, options.output + ".journal.jsonl", options.errors):
+    for path in (options.output, options.output + ".journal.jsonl", options.errors,
+                 note_path(options.output)):
         if path != "-" and not os.path.isdir(path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
@@ -108,16 +115,22 @@ def _count_rows(path: str, fmt: str) -> int | None:
     return count_rows(path, fmt)
 
 
-async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) -> None:
+async def _drive(options: RunOptions, fmt: str, records: Records, head: list[RawRecord | InputError],
+                 summary: RunSummary, stop: asyncio.Event) -> None:
     run_started = iso_utc(utc_now())
-    fmt = detect_format(options.input, options.input_format)
-    records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes,
-                           infer_csv_types=options.csv_infer_types)
     output = open_output(options.output, options.output_format,
                          rows_per_file=options.rows_per_file)
     errors_sink: JsonlAppender | None = None
     try:
         done = KeySet(output.iter_done_keys())
+        if options.output != "-":  # nothing to resume from, and nowhere to note the input
+            resuming = len(done) > 0 or (options.errors != "-" and os.path.exists(options.errors)
+                                         and os.path.getsize(options.errors) > 0)
+            source = iter(head) if options.input == "-" else read_records(
+                options.input, fmt, max_record_bytes=options.max_record_bytes,
+                infer_csv_types=options.csv_infer_types)
+            verify_input(options.output, options.input, fmt, source, options.spec, done,
+                         samples=options.samples, check=resuming and not options.resume_any)
         # Only the rows failed in an earlier run need their success noted in ``done``
         # (to drop their error record at the end); adding every success would cost a key
         # per row of the whole run.
@@ -228,18 +241,25 @@ async def run(options: RunOptions) -> RunOutcome:
     pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()
+    fmt = detect_format(options.input, options.input_format)
+    # Before the lock and any file: a wrong column is one usage error, not one per row.
+    records, head = open_checked_input(options.input, fmt, options.spec,
+                                       require_id=options.require_id,
+                                       max_record_bytes=options.max_record_bytes,
+                                       infer_csv_types=options.csv_infer_types)
     lock = OutputLock(options.output)
-    lock.acquire()  # LockedError propagates: another run owns this output
     try:
+        lock.acquire()  # LockedError propagates: another run owns this output
         if options.overwrite:
             _remove_outputs(options)
         with contextlib.contextmanager(_install_signals)(stop, summary):
             try:
-                await _drive(options, summary, stop)
+                await _drive(options, fmt, records, head, summary, stop)
             except asyncio.CancelledError:
                 summary.interrupted = True
     finally:
         lock.release()
+        close_records(records)
         summary.elapsed_s = time.monotonic() - started
     if options.summary_path:
         try:

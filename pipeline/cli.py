@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .app import (
@@ -36,7 +38,7 @@ from .errors import (
 from .provider import Qwen_Qwen_2_72B
 from .readers import FORMAT_CHOICES
 from .rowspec import RowSpec
-from .writers import default_errors_path, default_output_path
+from .writers import default_errors_path, default_output_path, legacy_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -124,13 +126,14 @@ def main(verbose: int) -> None:
 @main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("input_path", metavar="INPUT", envvar="QWEN_BATCH_INPUT")
 @opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
-     "[default: <input stem>.completions.jsonl beside the input]")
+     "[default: <input name>.completions.jsonl beside the input]")
 @opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
 @opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
      help="Override the suffix (.gz/.zst are still decompressed).")
 @opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
 @opt("--prompt-field", default="prompt", show_default=True)
-@opt("--id-field", default="id", show_default=True, help="Unique row id (else the row number).")
+@opt("--id-field", default="id", show_default=True,
+     help="Unique row id (rows without one get an id from their content).")
 @opt("--system-field", default="system", show_default=True)
 @opt("--messages-field", default="messages", show_default=True,
      help="A chat list of {role, content}, folded into one prompt.")
@@ -174,6 +177,8 @@ def main(verbose: int) -> None:
      help="Write OUTPUT as a directory of part files of at most N records each "
      "(part-000000.jsonl, ...; format from --output-format or the directory's suffix).")
 @opt("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
+@opt("--resume-any", is_flag=True, help="Resume even if OUTPUT was made from another input "
+     "(by default that is refused: its ids would skip rows never done).")
 @opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY).")
 @opt("--summary", "summary_path", help="Also write the summary as JSON to this file.")
 @opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
@@ -218,6 +223,14 @@ def run_command(input_path: str, **o: Any) -> None:
         deadline = seconds_until(o["deadline"]) if o["deadline"] else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--deadline") from None
+    if o["output"] is None:
+        legacy = legacy_output_path(input_path)
+        if legacy is not None and os.path.exists(legacy) \
+                and not os.path.exists(default_output_path(input_path)):
+            raise click.UsageError(
+                f"{legacy} exists: earlier versions wrote there by default; now the default is "
+                f"{default_output_path(input_path)} (so that inputs differing only in suffix "
+                f"never share an output). Resume it with -o {legacy}, or rename it.")
     output = o["output"] or default_output_path(input_path)
     if o["rows_per_file"] is not None and output != "-":
         output = output.rstrip("/") or output  # the lock and errors file go beside it
@@ -239,6 +252,9 @@ def run_command(input_path: str, **o: Any) -> None:
         proxy=o["proxy"],
         hf_token=o["hf_token"],
         overwrite=o["overwrite"],
+        resume_any=o["resume_any"],
+        require_id=click.get_current_context().get_parameter_source("id_field")
+        is not ParameterSource.DEFAULT,
         rows_per_file=o["rows_per_file"],
         progress=not o["no_progress"] and sys.stderr.isatty(),
         summary_path=o["summary_path"],
@@ -346,7 +362,7 @@ def demo(input_path: str | None, output_dir: str | None, fresh: bool, gradio: st
         raise click.UsageError(f"cannot create the demo folder {out_dir}: {exc}; pass --output-dir") from None
     with contextlib.ExitStack() as stack:
         source = Path(input_path) if input_path else stack.enter_context(sample_prompts())
-        output = str(out_dir / f"{source.stem}.completions.jsonl")
+        output = str(out_dir / Path(default_output_path(str(source))).name)
         click.echo(f"Demo folder: {out_dir} (run again to resume, --fresh to start over)", err=True)
         code = _run_demo(str(source), output, fresh=fresh, gradio=int(gradio), latency=latency)
     click.echo(f"\nCompletions: {output}\nFirst records:", err=True)

@@ -142,8 +142,8 @@ def parquet_keys(path: str) -> Iterator[Key]:
 
 
 def _digest(key: Key) -> int:
-    # 8 bytes instead of a tuple of objects: a merge of millions of rows keeps a small set.
-    # A collision (odds ~n²/2⁶⁵) only drops a row from this merge; the next run redoes it.
+    # 16 bytes instead of a tuple of objects: a merge of millions of rows keeps a small set.
+    # 128 bits: a collision (odds ~n²/2¹²⁹) that would drop a journal row is out of reach.
     return key_digest(*key)
 
 

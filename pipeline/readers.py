@@ -175,6 +175,24 @@ def _open_jsonl(path: str, limit: int, stdin: BinaryIO | None) -> Iterator[RawRe
     return _iter_jsonl(stream, path, limit, close=True)
 
 
+def parquet_columns(path: str) -> list[str]:
+    """The top-level column names of a Parquet file or dataset directory, from footers alone.
+
+    No row is read; a dataset's Hive partition keys count as columns. Raises
+    InputFileError when the file cannot be read as Parquet.
+    """
+    from .readers_arrow import ARROW_ERRORS, dataset_columns
+
+    if os.path.isdir(path):
+        return dataset_columns(path)
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
+
+
 def _iter_jsonl(
     stream: BinaryIO, name: str, limit: int, *, close: bool
 ) -> Iterator[RawRecord | InputError]:

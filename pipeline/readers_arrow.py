@@ -20,7 +20,7 @@ from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
 from pipeline.readers import approx_size
 
-_ARROW_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException)
+ARROW_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException)
 _PARQUET_BUFFER = 1 << 20  # read a column chunk through a 1 MiB buffer, page by page
 _CSV_BLOCK = 1 << 20  # bytes of CSV parsed at a time
 
@@ -35,7 +35,7 @@ def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord |
         # pre-buffering would load a whole column chunk (the whole file) before the first
         # batch; with it off, pages stream through a small buffer.
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
     return _read_file(parquet, path, limit, batch_size)
 
@@ -49,6 +49,18 @@ def _read_file(parquet: Any, path: str, limit: int,
         parquet.close()
 
 
+def _open_dataset(path: str) -> Any:
+    try:
+        return ds.dataset(path, format="parquet", partitioning="hive")
+    except ARROW_ERRORS as exc:
+        raise InputFileError(f"cannot read {path} as a Parquet dataset: {exc}") from exc
+
+
+def dataset_columns(path: str) -> list[str]:
+    """The columns of a Parquet dataset directory, partition keys included."""
+    return list(_open_dataset(path).schema.names)
+
+
 def _read_dataset(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
     """A directory of Parquet files (Hive ``key=value/`` folders become columns), file by file.
 
@@ -56,10 +68,10 @@ def _read_dataset(path: str, limit: int, batch_size: int) -> Iterator[RawRecord 
     location is its file and row number in that file. Files named ``_*`` or ``.*``
     (``_SUCCESS``, ``.crc``) are ignored, as Spark and pyarrow do.
     """
+    dataset = _open_dataset(path)
     try:
-        dataset = ds.dataset(path, format="parquet", partitioning="hive")
         fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as a Parquet dataset: {exc}") from exc
     if not fragments:
         raise InputFileError(f"{path}: the directory holds no Parquet files")
@@ -89,7 +101,7 @@ def _rows(batches: Iterable[Any], where: Any, position: int, limit: int,
         try:
             batch = next(iterator, None)
             rows = None if batch is None else batch.to_pylist()
-        except _ARROW_ERRORS as exc:
+        except ARROW_ERRORS as exc:
             raise InputFileError(f"{name}: cannot read past row {row}: {exc}") from exc
         if rows is None:
             return
@@ -130,7 +142,7 @@ def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
     try:
         reader = pa_csv.open_csv(_input(path), read_options=read, parse_options=parse,
                                  convert_options=convert)
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as CSV: {exc}") from exc
     return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
 
@@ -139,7 +151,7 @@ def _csv_header(path: str, read: Any, parse: Any) -> list[str]:
     try:
         with pa_csv.open_csv(_input(path), read_options=read, parse_options=parse) as reader:
             names = list(reader.schema.names)
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as CSV: {exc}") from exc
     if len(set(names)) != len(names):
         seen = sorted({n for n in names if names.count(n) > 1})
@@ -155,7 +167,7 @@ def _csv_rows(reader: Any, path: str, line: int, limit: int) -> Iterator[RawReco
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
-            except _ARROW_ERRORS as exc:
+            except ARROW_ERRORS as exc:
                 raise InputFileError(f"{path}: cannot read past line {line - 1}: {exc}") from exc
             rows = batch.to_pylist()
             del batch
@@ -174,7 +186,7 @@ def _input(path: str) -> Any:
     """The file as an Arrow stream, decompressed by its suffix (``.gz``, ``.zst``...)."""
     try:
         return pa.input_stream(path, compression="detect")
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot open {path}: {exc}") from exc
 
 
@@ -205,7 +217,7 @@ def open_zstd(path: str) -> BinaryIO:
     """A zstd-compressed file as a buffered binary stream with ``readline(limit)``."""
     try:
         stream = pa.input_stream(path, compression="zstd")
-    except _ARROW_ERRORS as exc:
+    except ARROW_ERRORS as exc:
         raise OSError(str(exc)) from exc
     return cast(BinaryIO, io.BufferedReader(_SafeRaw(stream), 1 << 16))
 

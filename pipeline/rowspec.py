@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.digests import digest128
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import PromptRow, RawRecord
-from pipeline.prompts import fold_messages
+from pipeline.prompts import DEFAULT_SYSTEM_PROMPT, fold_messages
 
 _MAX_FORMAT_WIDTH = 100_000  # widths/precisions in a template's format specs
 _SPEC_NUMBER = re.compile(r"[0-9]+")
+CONTENT_ID_PREFIX = "h:"
+"""Starts the id of a row that has no id field: ``h:`` + 32 hex digits of its request."""
 
 
 def _type_name(value: Any) -> str:
@@ -125,7 +129,8 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
 
     The prompt comes from the template if set, else the prompt field, else the
     messages field. A null value counts as absent, except for the id, where it is
-    an error (a null id among real ids is a data problem, not "use the position").
+    an error (a null id among real ids is a data problem, not "derive one from the content").
+    A record without the id field gets :func:`content_id`.
     """
     values, location = record.values, record.location
     system = _optional_str(values, spec.system_field, location)
@@ -165,11 +170,14 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
                      else spec.messages_field)
     if system is not None:
         _require_unicode(system, location, spec.system_field)
+    if system is None:
+        system = spec.default_system
     return PromptRow(
-        id=_row_id(record, spec.id_field),
+        id=_row_id(record, spec.id_field) if spec.id_field in values
+        else content_id(prompt, system),
         position=record.position,
         prompt=prompt,
-        system=system if system is not None else spec.default_system,
+        system=system,
         keep={name: values.get(name) for name in spec.keep},
         location=location,
     )
@@ -203,9 +211,20 @@ def _optional_str(values: Mapping[str, Any], field: str, location: str) -> str |
     raise InputError(f"expected a string, got {_type_name(value)}", location=location, field=field)
 
 
+def content_id(prompt: str, system: str | None) -> str:
+    """The id of a row without an id field: a digest of the request it makes.
+
+    ``h:`` and 32 hex digits (128 bits of BLAKE2b) of the prompt and the system prompt
+    as sent (None is the Space's default), so the id does not move when lines are
+    inserted, deleted or reordered, and is the same for the JSONL and the Parquet
+    form of a row. Identical rows share it; the plan numbers the repeats
+    (``h:...#2``, :func:`pipeline.jobs.plan_rows`).
+    """
+    sent = [prompt, system if system is not None else DEFAULT_SYSTEM_PROMPT]
+    return f"{CONTENT_ID_PREFIX}{digest128(json.dumps(sent)):032x}"
+
+
 def _row_id(record: RawRecord, field: str) -> str:
-    if field not in record.values:
-        return str(record.position)
     value = record.values[field]
     # bool is an int subclass, but True as an id is surely a mistake
     if isinstance(value, bool) or not isinstance(value, (str, int)):

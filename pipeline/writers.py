@@ -274,11 +274,24 @@ def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000) -> 
 
 
 def default_output_path(input_path: str) -> str:
-    """``<dir>/<stem>.completions.jsonl`` next to the input; ``-`` for stdin."""
+    """``<dir>/<input name>.completions.jsonl`` next to the input; ``-`` for stdin.
+
+    The whole name, suffix included, so ``data.jsonl`` and ``data.parquet`` in one
+    folder never share an output (nor its resume state).
+    """
     if input_path == "-":
         return "-"
     source = Path(input_path)
-    return str(source.with_name(source.stem + ".completions.jsonl"))
+    return str(source.with_name(source.name + ".completions.jsonl"))
+
+
+def legacy_output_path(input_path: str) -> str | None:
+    """The default output of earlier versions (``<dir>/<stem>.completions.jsonl``), if another."""
+    if input_path == "-":
+        return None
+    source = Path(input_path)
+    legacy = str(source.with_name(source.stem + ".completions.jsonl"))
+    return None if legacy == default_output_path(input_path) else legacy
 
 
 def default_errors_path(output_path: str) -> str:

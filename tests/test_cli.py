@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.fake_space import fake_answer
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
+from pipeline.rowspec import content_id
 
 FAST = ["--no-progress", "--retry-delay", "0.01", "--retry-max-delay", "0.05"]
 SECRET_TOKEN = "hf_SeCrEtToKeN1234567890"
@@ -59,9 +60,10 @@ def test_jsonl_in_jsonl_out_beside_the_input(tmp_path: Path, threaded_space) -> 
     source = write_jsonl(tmp_path / "job.jsonl", prompts(6) + [{"prompt": "no id here"}])
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST)
     assert result.exit_code == 0, result.stderr
-    out = tmp_path / "job.completions.jsonl"
+    out = tmp_path / "job.jsonl.completions.jsonl"
     records = by_id(read_jsonl(out))
-    assert set(records) == {f"p{i}" for i in range(6)} | {"6"}  # the row number stands in
+    derived = content_id("no id here", None)  # the request stands in for a missing id
+    assert set(records) == {f"p{i}" for i in range(6)} | {derived}
     first = records["p0"]
     assert first["completion"] == fake_answer(first["prompt"], DEFAULT_SYSTEM_PROMPT)
     for key in ("id", "prompt", "system", "completion", "model", "attempts", "session_hash",
@@ -115,7 +117,7 @@ def test_template_keep_system_and_messages(tmp_path: Path, threaded_space) -> No
                     "--template", "Summarise in {lang}: {text}", "--system", "Default system.",
                     "--keep", "lang", "--keep", "text")
     assert result.exit_code == 0, result.stderr
-    got = by_id(read_jsonl(tmp_path / "t.completions.jsonl"))
+    got = by_id(read_jsonl(tmp_path / "t.jsonl.completions.jsonl"))
     assert got["a"]["prompt"] == "Summarise in fr: cats"
     assert got["a"]["completion"] == fake_answer("Summarise in fr: cats", "Default system.")
     assert got["b"]["completion"] == fake_answer("Summarise in de: dogs", "Row system.")
@@ -127,7 +129,7 @@ def test_template_keep_system_and_messages(tmp_path: Path, threaded_space) -> No
         {"role": "user", "content": "times 3?"}]}])
     result = invoke("run", str(chat), "--url", threaded_space.url, *FAST)
     assert result.exit_code == 0, result.stderr
-    record = read_jsonl(tmp_path / "chat.completions.jsonl")[0]
+    record = read_jsonl(tmp_path / "chat.jsonl.completions.jsonl")[0]
     assert record["completion"] == fake_answer(
         "User: 2+2?\nAssistant: 4\nUser: times 3?\nAssistant:", "Be brief.")
 
@@ -137,7 +139,7 @@ def test_custom_field_names(tmp_path: Path, threaded_space) -> None:
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST, "--id-field", "key",
                     "--prompt-field", "q", "--system-field", "sys")
     assert result.exit_code == 0, result.stderr
-    record = read_jsonl(tmp_path / "f.completions.jsonl")[0]
+    record = read_jsonl(tmp_path / "f.jsonl.completions.jsonl")[0]
     assert record["id"] == "k1" and record["completion"] == fake_answer("hello", "S")
 
 
@@ -193,7 +195,7 @@ def test_every_fault_ends_exact_after_retries(tmp_path: Path, threaded_space, fa
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST,
                     "--idle-timeout", "0.5", "--max-attempts", "3")
     assert result.exit_code == 0, result.stderr
-    got = by_id(read_jsonl(tmp_path / "f.completions.jsonl"))
+    got = by_id(read_jsonl(tmp_path / "f.jsonl.completions.jsonl"))
     assert len(got) == 6
     for row in rows:
         assert got[row["id"]]["completion"] == fake_answer(row["prompt"], DEFAULT_SYSTEM_PROMPT)
@@ -214,7 +216,7 @@ def test_exhausted_attempts_fail_the_row_with_exit_3(tmp_path: Path, threaded_sp
                     "--errors", str(tmp_path / "custom-errors.jsonl"))
     assert result.exit_code == 0, result.stderr
     assert read_jsonl(tmp_path / "custom-errors.jsonl") == []
-    assert len(read_jsonl(tmp_path / "x.completions.jsonl")) == 3
+    assert len(read_jsonl(tmp_path / "x.jsonl.completions.jsonl")) == 3
 
 
 def test_unreachable_endpoint_exits_4_early(tmp_path: Path) -> None:
@@ -224,7 +226,7 @@ def test_unreachable_endpoint_exits_4_early(tmp_path: Path) -> None:
                     "--max-outage", "1")
     assert result.exit_code == 4, result.stderr
     assert "STOPPED EARLY" in result.stderr
-    assert len(read_jsonl(tmp_path / "u.completions.errors.jsonl")) < 50
+    assert len(read_jsonl(tmp_path / "u.jsonl.completions.errors.jsonl")) < 50
 
 
 def test_down_space_exits_4(tmp_path: Path, threaded_space) -> None:
@@ -345,13 +347,14 @@ def test_a_fixed_bad_line_leaves_the_errors_file(tmp_path: Path, threaded_space)
     source.write_text('{"id": "a", "prompt": "fine"}\n{"prompt": broken\n{"id": "c", "prompt": 3}\n')
     args = ["run", str(source), "--url", threaded_space.url, *FAST]
     assert invoke(*args).exit_code == 3
-    errors_file = tmp_path / "fix.completions.errors.jsonl"
+    errors_file = tmp_path / "fix.jsonl.completions.errors.jsonl"
     assert len(read_jsonl(errors_file)) == 2
     source.write_text('{"id": "a", "prompt": "fine"}\n{"prompt": "mended"}\n{"id": "c", "prompt": 3}\n')
     assert invoke(*args).exit_code == 3
     (left,) = read_jsonl(errors_file)  # line 2 now works; line 3 is still bad
     assert left["id"] == "c" and "expected a string" in left["error"]
-    assert sorted(r["id"] for r in read_jsonl(tmp_path / "fix.completions.jsonl")) == ["1", "a"]
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "fix.jsonl.completions.jsonl")) == \
+        sorted(["a", content_id("mended", None)])
 
 
 def test_a_sleeping_space_is_waited_for(tmp_path: Path, threaded_space) -> None:
@@ -361,7 +364,7 @@ def test_a_sleeping_space_is_waited_for(tmp_path: Path, threaded_space) -> None:
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST, "--max-outage", "20")
     assert result.exit_code == 0, result.stderr
     assert "the Space is sleeping" in result.stderr  # told, not silent
-    assert len(read_jsonl(tmp_path / "w.completions.jsonl")) == 6
+    assert len(read_jsonl(tmp_path / "w.jsonl.completions.jsonl")) == 6
 
 
 @pytest.mark.parametrize("state", ["gone", "error"])
@@ -404,13 +407,13 @@ def test_response_and_record_size_caps(tmp_path: Path, threaded_space) -> None:
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST,
                     "--max-response-chars", "300", "--max-record-bytes", "2000")
     assert result.exit_code == 3
-    errors = {e["id"] or e["position"]: e for e in read_jsonl(tmp_path / "caps.completions.errors.jsonl")}
+    errors = {e["id"] or e["position"]: e for e in read_jsonl(tmp_path / "caps.jsonl.completions.errors.jsonl")}
     assert errors["long-answer"]["error_type"] == "response_too_large"
     assert errors["long-answer"]["attempts"] == 1  # not retried: it would only grow again
     assert "300 characters" in errors["long-answer"]["error"]
     huge = next(e for e in errors.values() if e["position"] == 2)
     assert huge["error_type"] == "input" and "2000" in huge["error"]
-    assert [r["id"] for r in read_jsonl(tmp_path / "caps.completions.jsonl")] == ["short"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "caps.jsonl.completions.jsonl")] == ["short"]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])

@@ -33,7 +33,7 @@ def test_demo_runs_the_samples_offline_and_resumes(tmp_path: Path) -> None:
     result = subprocess.run([*QWEN_BATCH, "demo", "--output-dir", str(tmp_path), "--latency", "0.05"],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    records = [json.loads(x) for x in (tmp_path / "prompts.completions.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (tmp_path / "prompts.jsonl.completions.jsonl").read_text().splitlines()]
     bundled = files("pipeline") / "samples" / "prompts.jsonl"
     samples = [json.loads(x) for x in bundled.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["id"] for r in records) == sorted(s["id"] for s in samples)

@@ -60,25 +60,25 @@ def test_demo_resumes_in_a_fixed_folder_of_the_user_cache(tmp_path: Path) -> Non
     first = demo(cache)
     assert first.exit_code == 0, first.output
     assert str(work) in first.output
-    assert read_ids(work / "prompts.completions.jsonl") == sample_ids()
+    assert read_ids(work / "prompts.jsonl.completions.jsonl") == sample_ids()
 
     second = demo(cache)
     assert second.exit_code == 0, second.output
     assert f"skipped     {len(sample_ids())}" in second.output
     assert f"Resumed: {len(sample_ids())} rows were already done" in second.output
-    assert read_ids(work / "prompts.completions.jsonl") == sample_ids()  # nothing done twice
+    assert read_ids(work / "prompts.jsonl.completions.jsonl") == sample_ids()  # nothing done twice
 
     fresh = demo(cache, "--fresh")
     assert fresh.exit_code == 0, fresh.output
     assert "Resumed" not in fresh.output and "skipped     0" in fresh.output
-    assert read_ids(work / "prompts.completions.jsonl") == sample_ids()
+    assert read_ids(work / "prompts.jsonl.completions.jsonl") == sample_ids()
 
 
 def test_output_dir_overrides_the_cache_folder(tmp_path: Path) -> None:
     cache, elsewhere = tmp_path / "cache", tmp_path / "mine"
     result = demo(cache, "--output-dir", str(elsewhere))
     assert result.exit_code == 0, result.output
-    assert read_ids(elsewhere / "prompts.completions.jsonl") == sample_ids()
+    assert read_ids(elsewhere / "prompts.jsonl.completions.jsonl") == sample_ids()
     assert not (cache / "qwen-batch").exists()
 
 
@@ -121,4 +121,4 @@ def test_demo_runs_from_a_copy_of_the_package_with_nothing_beside_it(tmp_path: P
     result = subprocess.run([sys.executable, "-m", "pipeline", "demo", *FAST], capture_output=True,
                             text=True, timeout=60, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
-    assert read_ids(tmp_path / "cache" / "qwen-batch" / "demo" / "prompts.completions.jsonl") == sample_ids()
+    assert read_ids(tmp_path / "cache" / "qwen-batch" / "demo" / "prompts.jsonl.completions.jsonl") == sample_ids()

@@ -278,3 +278,15 @@ def test_fake_space_on_a_busy_port_says_one_line_and_exits_2() -> None:
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr
+
+
+def test_a_dataset_directory_is_checked_against_its_schema(tmp_path: Path) -> None:
+    """The column check reads a dataset's schema (partition keys included), not a file's footer."""
+    root = tmp_path / "data"
+    write_hive(root)
+    result = CliRunner().invoke(main, ["run", str(root), "-o", str(tmp_path / "out.jsonl"),
+                                       "--template", "{prompt} {region}", "--keep", "lang",
+                                       "--url", "http://127.0.0.1:9", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "region" in result.output and "year" in result.output  # the field, and what exists
+    assert not (tmp_path / "out.jsonl").exists()

@@ -12,7 +12,7 @@ from pipeline.errors import InputError
 from pipeline.jobs import KeySet, PlanCounters, plan_rows
 from pipeline.models import Failure, PromptRow, RawRecord
 from pipeline.readers import read_records
-from pipeline.rowspec import RowSpec
+from pipeline.rowspec import RowSpec, content_id
 
 SPEC = RowSpec()
 
@@ -77,13 +77,14 @@ def test_bad_records_become_input_failures_naming_location_and_field(tmp_path: P
         '{"id": [1], "prompt": "p"}',                 # 3 bad id
         '{"id": "c"}',                                # 4 no prompt at all
         '[1, 2]',                                     # 5 not an object
-        '{"prompt": "no id: the position is the id"}',  # 6
+        '{"prompt": "no id: the content gives the id"}',  # 6
+        '{"prompt": 7}',                              # 7 bad, and no id to name it by
     ])
     counters = PlanCounters()
     out = list(plan_rows(read_records(path), SPEC, done=KeySet(), counters=counters))
     assert [type(x).__name__ for x in out] == [
-        "PromptRow", "Failure", "Failure", "Failure", "Failure", "Failure", "PromptRow"]
-    assert [x.position for x in out] == [0, 1, 2, 3, 4, 5, 6]
+        "PromptRow", "Failure", "Failure", "Failure", "Failure", "Failure", "PromptRow", "Failure"]
+    assert [x.position for x in out] == [0, 1, 2, 3, 4, 5, 6, 7]
     failures = {x.position: x for x in out if isinstance(x, Failure)}
     for f in failures.values():
         assert f.error_type == "input" and f.attempts == 0 and f.row is None
@@ -95,9 +96,11 @@ def test_bad_records_become_input_failures_naming_location_and_field(tmp_path: P
     assert failures[3].id is None and "field 'id'" in failures[3].error
     assert failures[4].id == "c" and "missing field 'prompt'" in failures[4].error
     assert failures[5].id is None and "expected a JSON object" in failures[5].error
-    last = out[-1]
-    assert isinstance(last, PromptRow) and last.id == "6" and last.location == f"{path}:8"
-    assert counters.records == 7 and counters.input_errors == 5 and counters.queued == 2
+    assert failures[7].id is None and f"{path}:9" in failures[7].error  # not its position
+    last = out[-2]
+    assert isinstance(last, PromptRow) and last.location == f"{path}:8"
+    assert last.id == content_id("no id: the content gives the id", None)
+    assert counters.records == 8 and counters.input_errors == 6 and counters.queued == 2
 
 
 def test_duplicate_id_is_an_input_failure_naming_the_id_and_field() -> None:
@@ -116,6 +119,38 @@ def test_duplicate_id_is_an_input_failure_naming_the_id_and_field() -> None:
     assert "field 'key'" in dups[0].error and "in.jsonl:3" in dups[0].error
     assert all(d.error_type == "input" for d in dups)
     assert counters.input_errors == 2 and counters.queued == 3
+
+
+def test_identical_rows_without_ids_get_occurrence_numbers_not_errors() -> None:
+    records = [rec(0, prompt="same"), rec(1, prompt="other"), rec(2, prompt="same"),
+               rec(3, prompt="same", note="not sent, so not part of the id"),
+               rec(4, prompt="same", system="another request")]
+    counters = PlanCounters()
+    out = list(plan_rows(records, SPEC, done=KeySet(), counters=counters))
+    assert all(isinstance(x, PromptRow) for x in out) and counters.input_errors == 0
+    base = content_id("same", None)
+    assert [x.id for x in out] == [base, content_id("other", None), f"{base}#2", f"{base}#3",
+                                   content_id("same", "another request")]
+
+
+def test_occurrence_numbers_resume_by_count_not_by_position() -> None:
+    # Two identical rows done; a third one appended later is the only one left to do.
+    base = content_id("same", None)
+    records = [rec(0, prompt="new"), rec(1, prompt="same"), rec(2, prompt="same"),
+               rec(3, prompt="same")]
+    done = KeySet([(base, 0), (f"{base}#2", 0)])
+    out = list(plan_rows(records, SPEC, done=done))
+    assert [(x.id, x.position) for x in out] == [(content_id("new", None), 0),
+                                                 (f"{base}#3", 3)]
+
+
+def test_an_explicit_id_shaped_like_an_occurrence_is_not_reused() -> None:
+    base = content_id("same", None)
+    records = [rec(0, prompt="same"), rec(1, id=f"{base}#2", prompt="x"), rec(2, prompt="same")]
+    out = list(plan_rows(records, SPEC, done=KeySet()))
+    ids = [x.id for x in out]
+    assert ids[:2] == [base, f"{base}#2"] and ids[2] not in ids[:2] and ids[2].startswith(base)
+    assert all(isinstance(x, PromptRow) for x in out)
 
 
 def test_duplicate_of_a_done_row_is_still_reported() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import RawRecord
-from pipeline.rowspec import RowSpec, build_prompt_row
+from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
+from pipeline.rowspec import RowSpec, build_prompt_row, content_id
 
 # --- build_prompt_row -------------------------------------------------------------------------
 
@@ -34,10 +35,30 @@ def test_prompt_field_with_id_system_and_keep() -> None:
     assert result.location == LOC
 
 
-def test_defaults_id_from_position_and_system_from_spec() -> None:
-    result = row({"prompt": "Hi"}, RowSpec(default_system="sys"))
-    assert (result.id, result.system) == ("6", "sys")
+def test_defaults_system_from_spec() -> None:
+    assert row({"prompt": "Hi"}, RowSpec(default_system="sys")).system == "sys"
     assert row({"prompt": "Hi"}).system is None
+
+
+def test_without_an_id_field_the_id_comes_from_what_is_sent_not_the_position() -> None:
+    first = row({"prompt": "Hi", "other": 1}, position=0)
+    assert first.id.startswith("h:") and len(first.id) == 34
+    assert int(first.id[2:], 16) >= 0  # 32 hex digits
+    # The same request anywhere in the file (and whatever else the record holds): same id.
+    assert row({"prompt": "Hi", "other": 2}, position=9).id == first.id
+    assert row({"messages": [{"role": "user", "content": "Hi"}]}).id == first.id
+    spec = RowSpec(template="{greeting}")
+    assert row({"greeting": "Hi"}, spec).id == first.id
+    # No system means the Space's default is sent: the same request as naming it.
+    assert row({"prompt": "Hi", "system": DEFAULT_SYSTEM_PROMPT}).id == first.id
+    assert row({"prompt": "Hi"}, RowSpec(default_system=DEFAULT_SYSTEM_PROMPT)).id == first.id
+    # Another prompt or another system prompt is another request.
+    others = {row({"prompt": "Hi!"}).id, row({"prompt": "Hi", "system": "Be brief"}).id,
+              row({"prompt": "Hi"}, RowSpec(default_system="Be brief")).id}
+    assert first.id not in others and len(others) == 2
+    # No ambiguity between where the prompt ends and the system begins.
+    assert row({"prompt": "a", "system": "bc"}).id != row({"prompt": "ab", "system": "c"}).id
+    assert content_id("Hi", None) == first.id
 
 
 def test_custom_field_names() -> None:

@@ -31,6 +31,7 @@ from pipeline.writers import (
     default_errors_path,
     default_output_path,
     iter_jsonl_records,
+    legacy_output_path,
     open_output,
 )
 
@@ -248,12 +249,18 @@ def test_open_output_by_suffix_and_format(tmp_path: Path) -> None:
 
 
 def test_default_paths() -> None:
-    assert default_output_path("data/in.jsonl") == "data/in.completions.jsonl"
-    assert default_output_path("in.parquet") == "in.completions.jsonl"
+    # The input's suffix stays in the name: in.jsonl and in.parquet never share an output.
+    assert default_output_path("data/in.jsonl") == "data/in.jsonl.completions.jsonl"
+    assert default_output_path("data/in.parquet") == "data/in.parquet.completions.jsonl"
+    assert default_output_path("in") == "in.completions.jsonl"
     assert default_output_path("-") == "-"
+    assert default_errors_path("data/in.jsonl.completions.jsonl") == \
+        "data/in.jsonl.completions.errors.jsonl"
     assert default_errors_path("data/in.completions.jsonl") == "data/in.completions.errors.jsonl"
     assert default_errors_path("out.parquet") == "out.errors.jsonl"
     assert default_errors_path("-") == "qwen-batch.errors.jsonl"
+    assert legacy_output_path("data/in.jsonl") == "data/in.completions.jsonl"
+    assert legacy_output_path("in") is None and legacy_output_path("-") is None
 
 
 # --- ParquetOutput ----------------------------------------------------------------------------
