@@ -30,10 +30,26 @@ class Qwen_Qwen_2_72B:  # the provider's established public name
     supports_stream: ClassVar[bool] = True
     supports_system_message: ClassVar[bool] = True
     supports_message_history: ClassVar[bool] = False
+    # Read by g4f's client (without importing g4f here): no API key to look up; a
+    # `stream_timeout=` bounds each streamed chunk while `timeout=` stays ours (the
+    # whole attempt); `live` is g4f's success/failure tally, kept on the class.
+    needs_auth: ClassVar[bool] = False
+    use_stream_timeout: ClassVar[bool] = True
+    live: ClassVar[int] = 0
 
     default_model: ClassVar[str] = "qwen-qwen2-72b-instruct"
     model_aliases: ClassVar[dict[str, str]] = {"qwen-2-72b": default_model}
     models: ClassVar[list[str]] = [default_model, *model_aliases]
+
+    @classmethod
+    def get_dict(cls) -> dict[str, str]:
+        """What g4f records of the provider: its name, URL and label."""
+        return {"name": cls.__name__, "url": cls.url, "label": cls.label}
+
+    @classmethod
+    def get_parent(cls) -> str:
+        """The family name g4f looks API keys up by (a subclass keeps its own)."""
+        return cls.__name__
 
     @classmethod
     def get_model(cls, model: str | None) -> str:
