@@ -246,6 +246,25 @@ def test_timeout_is_ours_for_the_whole_attempt(g4f: ModuleType, space: ThreadedF
                 pass
 
 
+def test_g4f_stream_timeout_gives_up_with_its_own_error_and_the_job_is_cancelled(
+        g4f: ModuleType, space: ThreadedFakeSpace) -> None:
+    # AsyncClient with stream=True wraps each chunk in asyncio.wait_for(stream_timeout):
+    # the caller gets g4f's bare TimeoutError, and our generator, closed by g4f, still
+    # tells the Space to drop the job.
+    async def drain() -> None:
+        client = g4f.AsyncClient(provider=Qwen_Qwen_2_72B)
+        async for _ in client.chat.completions.create(
+                messages=_messages("[fault:stall] wait"), model=MODEL, stream=True, url=space.url,
+                stream_timeout=0.5, timeout=60):
+            pass
+
+    with pytest.raises(TimeoutError, match=r"timed out after 0\.5 seconds") as info:
+        asyncio.run(drain())
+    assert not isinstance(info.value, errors.QwenBatchError)
+    stats = space.space.stats
+    assert stats.joins == 1 and stats.cancelled + stats.abandoned == 1 and stats.running == 0
+
+
 @pytest.mark.parametrize("path", ["AsyncClient", "Client-stream", "create"])
 def test_a_subclass_points_at_a_duplicate_space(g4f: ModuleType, space: ThreadedFakeSpace, path: str) -> None:
     # The README's way to use a duplicated Space from g4f without passing url= each time.
