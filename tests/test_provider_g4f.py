@@ -43,8 +43,10 @@ CHUNKS = 5
 
 # -- no network beyond loopback -------------------------------------------------------------
 
-_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_NET_EVENTS = frozenset({"socket.getaddrinfo", "socket.connect"})
 _recorders: list[list[str]] = []
+_hooked: list[bool] = []
 
 
 def _host_of(event: str, args: tuple[Any, ...]) -> str | None:
@@ -61,7 +63,7 @@ def _host_of(event: str, args: tuple[Any, ...]) -> str | None:
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _recorders or event not in ("socket.getaddrinfo", "socket.connect"):
+    if not _recorders or event not in _NET_EVENTS:
         return
     host = _host_of(event, args)
     if host is None or host in _LOOPBACK:
@@ -70,12 +72,12 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     raise PermissionError(f"test guard: no network beyond loopback ({event} {host})")
 
 
-sys.addaudithook(_audit)  # audit hooks cannot be removed; it does nothing outside the guard
-
-
 @contextmanager
 def loopback_only() -> Iterator[list[str]]:
     """Refuse every connection and lookup that is not loopback; yield what was refused."""
+    if not _hooked:  # an audit hook cannot be removed; outside the guard it returns at once
+        sys.addaudithook(_audit)
+        _hooked.append(True)
     attempts: list[str] = []
     _recorders.append(attempts)
     try:
