@@ -212,6 +212,33 @@ async def test_provider_raises_typed_errors(space) -> None:
             pass
 
 
+async def test_provider_stepped_from_new_tasks_keeps_text_and_timeouts(space) -> None:
+    # A foreign driver (g4f's sync client, wait_for on 3.11) pulls each fragment in a task
+    # of its own: the text must still be exact and the attempt timeout must still fire.
+    async def collect(prompt: str, **kwargs) -> list[str]:
+        gen = Qwen_Qwen_2_72B.create_async_generator(
+            "qwen-2-72b", [{"role": "user", "content": prompt}], url=space.url, **kwargs)
+        pieces = []
+        try:
+            while True:
+                pieces.append(await asyncio.ensure_future(gen.__anext__()))
+        except StopAsyncIteration:
+            return pieces
+        finally:
+            await gen.aclose()
+
+    pieces = await collect("step by step")
+    assert len(pieces) == 8 and "".join(pieces) == fake_answer("step by step", DEFAULT_SYSTEM_PROMPT)
+    # Waited for, not cancelled: a cancellation would itself surface as a timeout.
+    stalled = asyncio.ensure_future(collect("[fault:stall] wait", timeout=0.5))
+    done, _ = await asyncio.wait({stalled}, timeout=10)
+    if not done:
+        stalled.cancel()
+        pytest.fail("the 0.5 s attempt timeout never fired")
+    with pytest.raises(errors.AttemptTimeoutError):
+        stalled.result()
+
+
 async def test_provider_rejects_unknown_models() -> None:
     with pytest.raises(errors.ModelNotFoundError, match="gpt-4"):
         async for _ in Qwen_Qwen_2_72B.create_async_generator("gpt-4", [{"role": "user", "content": "x"}]):
