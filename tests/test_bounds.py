@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,26 @@ async def test_the_attempt_timeout_bounds_an_exchange_too(silent: SilentSpace) -
     async with GradioQueueClient(silent.url, timeouts=short) as client:
         with pytest.raises(errors.AttemptTimeoutError):
             await asyncio.wait_for(client.complete("hello"), 3 * short.total)
+
+
+@pytest.mark.parametrize("silent", [["data_headers"]], indirect=True)
+async def test_the_command_ends_when_the_stream_never_answers(
+        silent: SilentSpace, tmp_path: Path) -> None:
+    # The reported case: 1 row, --timeout 10 --max-attempts 2 ran on past 150 s.
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "prompt": "hello"}) + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", "run", str(source), "--url", silent.url,
+        "-o", str(tmp_path / "out.jsonl"), "--errors", str(tmp_path / "errors.jsonl"),
+        "--timeout", "10", "--max-attempts", "2", "--request-timeout", "1", "--retry-delay", "0",
+        "--no-progress", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == EXIT_ROWS_FAILED, stderr.decode()
+    record = json.loads((tmp_path / "errors.jsonl").read_text())
+    assert record["error_type"] == "request_timeout" and record["attempts"] == 2
+    assert silent.hits["data"] == 2
