@@ -34,6 +34,7 @@ from .retry import RetryPolicy
 from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
 from .summary import RunSummary
+from .watchdog import Watchdog
 from .writers import JsonlAppender, open_output
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ EXIT_USAGE = 2
 EXIT_ROWS_FAILED = 3
 EXIT_ENDPOINT_DOWN = 4
 EXIT_INTERRUPTED = 130
+
+WATCHDOG_FACTOR = 3.0
+"""No progress for this many times the longest single wait stops the run: a quiet stretch
+may chain a backoff (or a server's Retry-After), a rate wait and a probe cooldown, and an
+attempt is one wait of its own."""
+WATCHDOG_GRACE = 60.0
+_PROBE_COOLDOWN_CAP = 60.0  # EndpointPool's longest wait before it probes a benched endpoint
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,27 @@ class RunOptions:
     ray_address: str | None = None
     actors: int = 2
     per_actor_concurrency: int | None = None
+    watchdog: float | None = None
+    """Seconds in which no row moves before the run is stopped (exit 4); None: see
+    :func:`watchdog_window`."""
 
 
 @dataclass
 class RunOutcome:
     exit_code: int
     summary: RunSummary
+
+
+def watchdog_window(options: RunOptions) -> float:
+    """Seconds without any progress after which a run is stuck, not waiting for something."""
+    if options.watchdog is not None:
+        return options.watchdog
+    t = options.timeouts
+    waits = [t.total, t.read, t.idle, t.request, t.connect, options.retry_max_delay,
+             RetryPolicy().max_hint, _PROBE_COOLDOWN_CAP]
+    if options.rate:
+        waits.append(1.0 / options.rate)
+    return WATCHDOG_FACTOR * max(waits)
 
 
 def _remove_outputs(options: RunOptions) -> None:
@@ -159,7 +182,17 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
         total = _count_rows(options.input, fmt) if options.progress else None
         progress = Progress(options.progress, total * options.samples if total else None,
                             state)
-        async with open_engine(options, rows, settings, stop, state) as results:
+        window = watchdog_window(options)
+
+        def moved() -> tuple[int, ...]:
+            return (summary.succeeded, summary.failed, summary.input_errors, state.retries,
+                    state.attempts, counters.records)
+
+        def stuck(message: str) -> None:
+            summary.stalled = message
+
+        async with Watchdog(window, moved, stop, stuck, grace=min(window, WATCHDOG_GRACE)), \
+                open_engine(options, rows, settings, stop, state) as results:
             try:
                 skipped = 0
                 async for result in results:
@@ -256,7 +289,11 @@ async def run(options: RunOptions) -> RunOutcome:
             try:
                 await _drive(options, fmt, records, head, summary, stop)
             except asyncio.CancelledError:
-                summary.interrupted = True
+                task = asyncio.current_task()
+                if summary.stalled is None:
+                    summary.interrupted = True
+                elif task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()  # the watchdog's own cancel, handled here
     finally:
         lock.release()
         close_records(records)
@@ -269,7 +306,7 @@ async def run(options: RunOptions) -> RunOutcome:
             raise OutputError(f"cannot write the summary to {options.summary_path}: {exc}") from exc
     if summary.interrupted:
         code = EXIT_INTERRUPTED
-    elif summary.endpoint_down:
+    elif summary.endpoint_down or summary.stalled:
         code = EXIT_ENDPOINT_DOWN
     elif summary.failed or summary.input_errors:
         code = EXIT_ROWS_FAILED

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 from .client import GradioQueueClient, Timeouts, new_session_hash
-from .errors import RequestError
-from .models import RequestTrace
+from .errors import QueueFullError, RequestError
+from .models import Completion, RequestTrace
 
 PROBE_PROMPT = "Reply with the single word: OK"
+QUEUE_FULL_TRIES = 4
+"""Probes sent while the queue answers "full" (503): a busy moment must not fail a cron guard."""
+QUEUE_FULL_BACKOFF = 0.5
+"""First wait between them, doubling; a server's Retry-After is honoured up to the cap."""
+QUEUE_FULL_MAX_WAIT = 10.0
+
+_TIMES = {1: "once", 2: "twice"}
 
 
 @dataclass
@@ -27,6 +35,7 @@ class CheckReport:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     answer: str | None = None
+    queue_full: int = 0
     error: str | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -40,6 +49,9 @@ class CheckReport:
                     f"  model_chat  found, fn_index {self.fn_index}, {self.history_format} history"]
         else:
             out.append("  /config     not readable; assuming the real Space's layout")
+        if self.queue_full:
+            times = _TIMES.get(self.queue_full, f"{self.queue_full} times")
+            out.append(f"  queue       full {times}, probe sent again")
         if self.latency_ms is not None:
             out.append(f"  probe       {self.latency_ms:.0f} ms (first text after "
                        f"{self.ttft_ms or 0:.0f} ms): {self.answer!r}")
@@ -50,7 +62,7 @@ class CheckReport:
 
 async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = None,
                          hf_token: str | None = None) -> CheckReport:
-    """Read the endpoint's config and time one tiny request."""
+    """Read the endpoint's config and time one tiny request (sent again while the queue is full)."""
     async with GradioQueueClient(url, proxy=proxy, hf_token=hf_token, timeouts=timeouts) as client:
         report = CheckReport(client.display_url)
         try:
@@ -59,9 +71,7 @@ async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = No
             report.version, report.protocol = info.version, info.protocol
             report.api_prefix, report.fn_index = info.api_prefix, info.fn_index
             report.history_format = info.history_format
-            trace = RequestTrace(new_session_hash())
-            started = time.monotonic()
-            completion = await client.complete(PROBE_PROMPT, None, trace=trace)
+            trace, completion, started = await _probe(client, report)
             report.latency_ms = (time.monotonic() - started) * 1000.0
             report.ttft_ms = trace.ttft_ms
             report.answer = completion.text[:80]
@@ -69,3 +79,20 @@ async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = No
         except RequestError as exc:
             report.error = f"{exc.error_type}: {exc}"
     return report
+
+
+async def _probe(client: GradioQueueClient,
+                 report: CheckReport) -> tuple[RequestTrace, Completion, float]:
+    """One tiny request, sent again (a bounded number of times) while the queue is full."""
+    while True:
+        trace = RequestTrace(new_session_hash())
+        started = time.monotonic()
+        try:
+            return trace, await client.complete(PROBE_PROMPT, None, trace=trace), started
+        except QueueFullError as exc:
+            report.queue_full += 1
+            if report.queue_full >= QUEUE_FULL_TRIES:
+                raise
+            wait = exc.retry_after if exc.retry_after is not None else (
+                QUEUE_FULL_BACKOFF * 2 ** (report.queue_full - 1))
+            await asyncio.sleep(min(wait, QUEUE_FULL_MAX_WAIT))

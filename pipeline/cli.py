@@ -167,7 +167,13 @@ def main(verbose: int) -> None:
 @opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
      show_default=True, help="Seconds without new text once generation started.")
 @opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
-     show_default=True, help="Seconds without any byte (heartbeats come every 15 s).")
+     show_default=True, help="Seconds without any byte, from sending a request and then "
+     "between reads (heartbeats come every 15 s).")
+@opt("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
+     show_default=True, help="Seconds for /config and the queue join to be answered, and for "
+     "the answer stream (or an error page) to start, from sending; capped by --read-timeout.")
+@opt("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+     show_default=True, help="Seconds to open a connection (TCP and TLS).")
 @opt("--rate", type=click.FloatRange(min=0, min_open=True),
      help="Max request starts per second (retries included).")
 @opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run.")
@@ -245,7 +251,9 @@ def run_command(input_path: str, **o: Any) -> None:
         model=Qwen_Qwen_2_72B.get_model(o["model"]),
         concurrency=o["concurrency"],
         max_attempts=o["max_attempts"],
-        timeouts=Timeouts(read=o["read_timeout"], idle=o["idle_timeout"], total=o["timeout"]),
+        timeouts=Timeouts(connect=o["connect_timeout"], read=o["read_timeout"],
+                          idle=o["idle_timeout"], total=o["timeout"],
+                          request=o["request_timeout"]),
         rate=o["rate"],
         limit=o["limit"],
         samples=o["samples"],

@@ -32,6 +32,7 @@ from .errors import (
     QueueFullError,
     ReadTimeoutError,
     RequestError,
+    RequestTimeoutError,
     ResponseTooLargeError,
     SpaceUnavailableError,
     StreamDivergedError,
@@ -67,23 +68,33 @@ def new_session_hash() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """The limits of one attempt, in seconds.
+    """The limits of one attempt, in seconds; every wait of a request falls under one.
 
-    ``read``: nothing at all received (heartbeats come every 15 s, so keep it
-    above that); ``idle``: generation started but no new text (heartbeats prove
-    the connection, not the model); ``total``: the whole attempt, queue wait
-    included; ``connect``: establishing a connection.
+    ``connect``: establishing a connection (TCP and TLS). ``request``: a short
+    exchange, counted from the moment it starts: ``/config`` and ``queue/join``
+    answered in full, the data stream's response headers, the body of an error
+    answer. ``read``: nothing at all received, counted from the moment a request
+    starts and then between reads (heartbeats come every 15 s, so keep it above
+    that); a short exchange is cut at the smaller of ``request`` and ``read``.
+    ``idle``: generation started but no new text (heartbeats prove the
+    connection, not the model). ``total``: the whole attempt, queue wait included.
     """
 
-    connect: float = 30.0
+    connect: float = 10.0
     read: float = 60.0
     idle: float = 120.0
     total: float = 900.0
+    request: float = 20.0
 
     def __post_init__(self) -> None:
-        for name in ("connect", "read", "idle", "total"):
+        for name in ("connect", "read", "idle", "total", "request"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"timeout {name!r} must be positive")
+
+    @property
+    def exchange(self) -> float:
+        """The bound of a short exchange (``/config``, join, stream headers, error body)."""
+        return min(self.request, self.read)
 
 
 def _strip_credentials(url: str) -> str:
@@ -192,8 +203,9 @@ class GradioQueueClient:
 
     async def _fetch_info(self) -> tuple[SpaceInfo, bool]:
         loop = asyncio.get_running_loop()
+        bound = self.timeouts.exchange
         try:
-            async with timeout_at(loop.time() + self.timeouts.read), self._http().get(
+            async with timeout_at(loop.time() + bound), self._http().get(
                 f"{self.url}/config",
                 headers=self._headers,
                 proxy=self.proxy,
@@ -215,10 +227,15 @@ class GradioQueueClient:
                     )
                     return DEFAULT_SPACE_INFO, resp.status == 404
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            error = map_transport_error(exc, self.redact)
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            cause = (map_transport_error(exc, self.redact) if isinstance(exc, aiohttp.ClientError)
+                     or not timed_out else f"no answer within {bound:g} s")
             log.warning("cannot read %s/config (%s); using the default Space layout",
-                        self.display_url, error)
-            return DEFAULT_SPACE_INFO, False
+                        self.display_url, cause)
+            # A timeout is kept, unlike a refused connection: a server that swallows
+            # /config would otherwise cost every row this wait. A wrong guess shows as
+            # a 404 on the join, which forgets it and reads /config again.
+            return DEFAULT_SPACE_INFO, timed_out
         try:
             config: Any = json.loads(body)
         except ValueError:
@@ -270,7 +287,9 @@ class GradioQueueClient:
         info: SpaceInfo | None = None
         tracker: EventTracker | None = None
         try:
-            info = await self.discover()
+            # This attempt's discovery: join and stream use the same one even if another
+            # request makes the client forget it meanwhile.
+            info = self._info or await self._discover_by(deadline)
             join = asyncio.ensure_future(
                 self._join(info, prompt, system, trace.session_hash, deadline)
             )
@@ -284,7 +303,7 @@ class GradioQueueClient:
             trace.event_id = event_id
             tracker = EventTracker(event_id, diffs=info.diffs, chatbot_index=info.chatbot_index,
                                    track_text=streaming)
-            async with aclosing(self._read_stream(tracker, trace, start, deadline)) as deltas:
+            async with aclosing(self._read_stream(info, tracker, trace, start, deadline)) as deltas:
                 async for delta in deltas:
                     if streaming:
                         yield delta
@@ -304,6 +323,21 @@ class GradioQueueClient:
             if tracker is not None and not tracker.done and info is not None:
                 self._cancel_later(info, tracker.event_id, trace.session_hash)
 
+    async def _discover_by(self, deadline: float) -> SpaceInfo:
+        try:
+            async with timeout_at(deadline):
+                return await self.discover()
+        except asyncio.TimeoutError:
+            raise AttemptTimeoutError(
+                f"attempt took longer than {self.timeouts.total:g} s (reading /config)") from None
+
+    def _exchange_timeout(self, what: str, when: float, deadline: float) -> RequestError:
+        """The error of a short exchange cut at ``when`` (the attempt's ``deadline`` or not)."""
+        if when >= deadline:
+            return AttemptTimeoutError(
+                f"attempt took longer than {self.timeouts.total:g} s ({what})")
+        return RequestTimeoutError(f"{what}: no answer within {self.timeouts.exchange:g} s")
+
     async def _join(
         self, info: SpaceInfo, prompt: str, system: str | None, session_hash: str, deadline: float
     ) -> str:
@@ -316,17 +350,21 @@ class GradioQueueClient:
         if info.trigger_id is not None:
             body["trigger_id"] = info.trigger_id
         url = self._routes(info.api_prefix)[0]
+        when = min(deadline, asyncio.get_running_loop().time() + self.timeouts.exchange)
+        answer: aiohttp.ClientResponse | None = None
         try:
-            when = min(deadline, asyncio.get_running_loop().time() + self.timeouts.read)
             async with timeout_at(when), self._http().post(
                 url, json=body, headers=self._headers, proxy=self.proxy,
                 timeout=self._http_timeout,
             ) as resp:
+                answer = resp
                 raw = await resp.read()
-                if resp.status != 200:
-                    raise self._join_status_error(info, resp, raw)
         except asyncio.TimeoutError:
-            raise AttemptTimeoutError("timed out joining the queue") from None
+            if answer is not None and answer.status != 200:
+                raise self._join_status_error(info, answer, b"") from None  # an endless error body
+            raise self._exchange_timeout("queue/join", when, deadline) from None
+        if resp.status != 200:
+            raise self._join_status_error(info, resp, raw)
         try:
             event_id = json.loads(raw).get("event_id")
         except (ValueError, AttributeError):
@@ -369,8 +407,10 @@ class GradioQueueClient:
                                 retry_after=retry_after)
         if status == 404:
             # A Space upgraded to Gradio 5+ moves its routes under /gradio_api:
-            # forget the layout so the next attempt reads /config again.
-            self._info = None
+            # forget the layout so the next attempt reads /config again (unless
+            # another request already did and found a new one).
+            if self._info is info:
+                self._info = None
             error.retryable = not info.discovered
         elif status in (401, 403):
             error.args = (f"{error} (the Space is private or the HF token is not accepted)",)
@@ -388,78 +428,85 @@ class GradioQueueClient:
         return routes
 
     async def _read_stream(
-        self, tracker: EventTracker, trace: RequestTrace, start: float, deadline: float
+        self, info: SpaceInfo, tracker: EventTracker, trace: RequestTrace, start: float,
+        deadline: float,
     ) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         read, idle = self.timeouts.read, self.timeouts.idle
         # The session hash is hex: the query needs no encoding, and a URL built from an
         # encoded string skips yarl's parsing and quoting on every request.
-        url = URL(f"{self._routes(self._info_prefix())[1]}?session_hash={trace.session_hash}",
+        url = URL(f"{self._routes(info.api_prefix)[1]}?session_hash={trace.session_hash}",
                   encoded=True)
         decoder = SSEDecoder(self.max_line_bytes)
-        async with self._http().get(
-            url,
-            headers=self._stream_headers,
-            proxy=self.proxy,
-            timeout=self._http_timeout,
-        ) as resp:
-            if resp.status != 200:
-                raw = await resp.read()
-                self._raise_if_unavailable(resp, raw)
-                raise HTTPStatusError(
-                    f"HTTP {resp.status} from {self.display_url} queue/data: "
-                    + self.redact(raw[:300].decode("utf-8", "replace")),
-                    status=resp.status,
-                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                )
-            content = resp.content
-            last_text = 0.0
-            max_chars = self.max_answer_chars
-            # One timeout for the whole stream, armed around each read (cheaper than a
-            # new timeout context per read) and disarmed while a delta is yielded: the
-            # caller's time is not the server's silence.
-            timeout = timeout_at(None)
-            try:
-                async with timeout:
-                    while True:
-                        when = min(deadline, loop.time() + read)
-                        if last_text:
-                            when = min(when, last_text + idle)
-                        timeout.reschedule(when)
-                        chunk = await content.readany()
-                        if not chunk:
-                            decoder.close()
-                            raise StreamEndedError(
-                                "the event stream ended before the job completed"
-                                if tracker.started else "the event stream ended before the job started"
-                            )
-                        now = loop.time()
-                        for event in decoder.feed(chunk):
-                            delta = tracker.handle(parse_message(event.data))
-                            if tracker.started and trace.queue_ms is None:
-                                trace.queue_ms = (now - start) * 1000.0
-                            if tracker.grew:
-                                last_text = now
-                                if trace.ttft_ms is None:
-                                    trace.ttft_ms = (now - start) * 1000.0
-                                trace.chunks += 1
-                                if max_chars and tracker.text_chars > max_chars:
-                                    raise ResponseTooLargeError(
-                                        f"answer longer than {max_chars} characters"
-                                    )
-                                if delta:
-                                    timeout.reschedule(None)
-                                    yield delta
-                            if tracker.queue_rank is not None and (
-                                    trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
-                                trace.queue_rank = tracker.queue_rank  # the deepest we waited
-                            if tracker.done:
-                                return
-            except asyncio.TimeoutError:
-                raise self._timeout_error(loop.time(), deadline, last_text) from None
+        last_text = 0.0
+        max_chars = self.max_answer_chars
+        # One timeout for the whole stream: first the headers (and an error body) within
+        # the exchange bound, then rearmed around each read (cheaper than a new timeout
+        # context per read) and disarmed while a delta is yielded: the caller's time is
+        # not the server's silence.
+        headers_by = min(deadline, loop.time() + self.timeouts.exchange)
+        timeout = timeout_at(headers_by)
+        answer: aiohttp.ClientResponse | None = None
+        try:
+            async with timeout, self._http().get(
+                url,
+                headers=self._stream_headers,
+                proxy=self.proxy,
+                timeout=self._http_timeout,
+            ) as resp:
+                answer = resp
+                if resp.status != 200:
+                    raise self._data_status_error(resp, await resp.read())
+                content = resp.content
+                while True:
+                    when = min(deadline, loop.time() + read)
+                    if last_text:
+                        when = min(when, last_text + idle)
+                    timeout.reschedule(when)
+                    chunk = await content.readany()
+                    if not chunk:
+                        decoder.close()
+                        raise StreamEndedError(
+                            "the event stream ended before the job completed"
+                            if tracker.started else "the event stream ended before the job started"
+                        )
+                    now = loop.time()
+                    for event in decoder.feed(chunk):
+                        delta = tracker.handle(parse_message(event.data))
+                        if tracker.started and trace.queue_ms is None:
+                            trace.queue_ms = (now - start) * 1000.0
+                        if tracker.grew:
+                            last_text = now
+                            if trace.ttft_ms is None:
+                                trace.ttft_ms = (now - start) * 1000.0
+                            trace.chunks += 1
+                            if max_chars and tracker.text_chars > max_chars:
+                                raise ResponseTooLargeError(
+                                    f"answer longer than {max_chars} characters"
+                                )
+                            if delta:
+                                timeout.reschedule(None)
+                                yield delta
+                        if tracker.queue_rank is not None and (
+                                trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
+                            trace.queue_rank = tracker.queue_rank  # the deepest we waited
+                        if tracker.done:
+                            return
+        except asyncio.TimeoutError:
+            if answer is None:
+                raise self._exchange_timeout("queue/data headers", headers_by, deadline) from None
+            if answer.status != 200:
+                raise self._data_status_error(answer, b"") from None  # an endless error body
+            raise self._timeout_error(loop.time(), deadline, last_text) from None
 
-    def _info_prefix(self) -> str:
-        return self._info.api_prefix if self._info is not None else DEFAULT_SPACE_INFO.api_prefix
+    def _data_status_error(self, resp: aiohttp.ClientResponse, raw: bytes) -> RequestError:
+        self._raise_if_unavailable(resp, raw)
+        return HTTPStatusError(
+            f"HTTP {resp.status} from {self.display_url} queue/data: "
+            + self.redact(raw[:300].decode("utf-8", "replace")),
+            status=resp.status,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        )
 
     def _timeout_error(self, now: float, deadline: float, last_text: float) -> RequestError:
         t = self.timeouts

@@ -17,9 +17,10 @@ again with a fresh session hash, may reasonably succeed.
         │   └── QueueFullError        503 "Queue is full"                       [yes]
         ├── TransportError            connection refused, reset, DNS, TLS…      [yes]
         │   └── StreamEndedError      stream closed before process_completed    [yes]
-        ├── TimeoutError_             base of the three timeouts                [yes]
+        ├── TimeoutError_             base of the four timeouts                 [yes]
         │   ├── IdleTimeoutError      generating, but no new text for too long
         │   ├── ReadTimeoutError      nothing at all received for too long
+        │   ├── RequestTimeoutError   config, join or stream headers not answered in time
         │   └── AttemptTimeoutError   the whole attempt took too long
         ├── ServerError               unexpected_error message from the server  [yes]
         ├── AppError                  process_completed success:false           [yes]
@@ -129,7 +130,7 @@ class StreamEndedError(TransportError):
 
 
 class TimeoutError_(RequestError):  # the underscore avoids shadowing the builtin
-    """Base of the three request timeouts."""
+    """Base of the four request timeouts."""
 
     error_type = "timeout"
 
@@ -144,6 +145,13 @@ class ReadTimeoutError(TimeoutError_):
     """Nothing at all, not even a heartbeat, arrived within the read timeout."""
 
     error_type = "read_timeout"
+
+
+class RequestTimeoutError(TimeoutError_):
+    """A short exchange (``/config``, ``queue/join``, the data stream's headers) was not
+    answered within the request timeout."""
+
+    error_type = "request_timeout"
 
 
 class AttemptTimeoutError(TimeoutError_):

@@ -93,6 +93,8 @@ class BatchState:
         self.succeeded = 0
         self.failed = 0
         self.retries = 0
+        self.attempts = 0
+        """Attempts started: with the results and retries, what shows a run is moving."""
         self.consecutive_failures = 0
         self.unfinished = 0
         self.deadline_hit = False
@@ -166,6 +168,7 @@ async def run_batch(
         error: BaseException | None = None
         try:
             endpoint = await pool.acquire()
+            state.attempts += 1
             state.in_flight += 1
             try:
                 completion = await endpoint.completer.complete(row.prompt, row.system, trace=trace)

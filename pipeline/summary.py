@@ -58,6 +58,8 @@ class RunSummary:
     remaining: int | None = None
     interrupted: bool = False
     endpoint_down: str | None = None
+    stalled: str | None = None
+    """Why the watchdog stopped the run (no row moved for too long), if it did."""
     elapsed_s: float = 0.0
     output: str = ""
     errors_file: str = ""
@@ -107,6 +109,7 @@ class RunSummary:
             "remaining": self.remaining,
             "interrupted": self.interrupted,
             "endpoint_down": self.endpoint_down,
+            "stalled": self.stalled,
             "elapsed_s": round(self.elapsed_s, 3),
             "throughput_per_s": round(self.succeeded / self.elapsed_s, 3) if self.elapsed_s else None,
             "latency_ms": pct(self.latency),
@@ -166,6 +169,8 @@ class RunSummary:
         ]
         if self.interrupted:
             lines.append("  INTERRUPTED: rows in flight were not saved; run again to finish")
+        if self.stalled:
+            lines.append(f"  STOPPED: {self.stalled}")
         if self.endpoint_down:
             lines.append(f"  STOPPED EARLY, endpoint failing: {self.endpoint_down}")
         return "\n".join(lines)

@@ -136,7 +136,7 @@ def test_to_json_has_the_documented_keys() -> None:
     data = json.loads(sample_summary().to_json())
     assert set(data) == {
         "succeeded", "failed", "input_errors", "skipped_already_done", "retries", "remaining",
-        "interrupted", "endpoint_down", "elapsed_s", "throughput_per_s", "latency_ms",
+        "interrupted", "endpoint_down", "stalled", "elapsed_s", "throughput_per_s", "latency_ms",
         "ttft_ms", "queue_ms", "errors_by_type", "output", "errors_file", "deadline_hit",
         "concurrency", "endpoints",
     }
@@ -149,7 +149,7 @@ def test_to_json_has_the_documented_keys() -> None:
     assert data["errors_by_type"] == {"app_error": 2, "input": 2, "queue_full": 1}
     assert list(data["errors_by_type"]) == sorted(data["errors_by_type"])
     assert data["remaining"] is None and data["interrupted"] is False
-    assert data["endpoint_down"] is None
+    assert data["endpoint_down"] is None and data["stalled"] is None
     assert data["output"] == "out.jsonl" and data["errors_file"] == "out.errors.jsonl"
 
 
