@@ -48,9 +48,19 @@ from .space_config import DEFAULT_SPACE_INFO, SpaceInfo, parse_space_config
 from .sse import SSEDecoder
 
 if sys.version_info >= (3, 11):
-    from asyncio import timeout_at
-else:  # pragma: no cover - exercised on 3.10 only
+    from asyncio import Timeout, timeout_at
+
+    _rearm = Timeout.reschedule  # the plain method: no extra call per read on the hot path
+else:  # pragma: no cover - exercised on 3.10 only (the lowest-versions CI step)
     from async_timeout import timeout_at
+
+    def _rearm(timeout: Any, when: float | None) -> None:
+        # async-timeout 5 on 3.10 spells asyncio.Timeout.reschedule(when) as update(when),
+        # and reschedule(None) as reject(); the next update() arms it again.
+        if when is None:
+            timeout.reject()
+        else:
+            timeout.update(when)
 
 __all__ = ["DEFAULT_URL", "GradioQueueClient", "Timeouts", "new_session_hash"]
 
@@ -462,7 +472,7 @@ class GradioQueueClient:
                     when = min(deadline, loop.time() + read)
                     if last_text:
                         when = min(when, last_text + idle)
-                    timeout.reschedule(when)
+                    _rearm(timeout, when)
                     chunk = await content.readany()
                     if not chunk:
                         decoder.close()
@@ -485,7 +495,7 @@ class GradioQueueClient:
                                     f"answer longer than {max_chars} characters"
                                 )
                             if delta:
-                                timeout.reschedule(None)
+                                _rearm(timeout, None)
                                 yield delta
                         if tracker.queue_rank is not None and (
                                 trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
