@@ -28,6 +28,7 @@ from .partitioned import remove_parts
 from .progress import Progress
 from .readers import detect_format, read_records
 from .records import failure_record, success_record
+from .redaction import Redact, redacted_logs, run_redactor
 from .retry import RetryPolicy
 from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
@@ -78,6 +79,10 @@ class RunOptions:
     deadline: float | None = None
     grace: float = 60.0
     max_outage: float = 600.0
+    connect_grace: float = 60.0
+    """Seconds to keep trying endpoints that were never reached before stopping (exit 4)."""
+    ca_bundle: str | None = None
+    """A PEM file of the certificates to trust instead of the system's."""
     max_response_chars: int | None = None
     engine: str = "local"
     """``local`` (this process) or ``ray`` (a Ray Data pipeline; see pipeline.engines)."""
@@ -123,7 +128,8 @@ def _count_rows(path: str, fmt: str) -> int | None:
         return None
 
 
-async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) -> None:
+async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event,
+                 redact: Redact) -> None:
     run_started = iso_utc(utc_now())
     fmt = detect_format(options.input, options.input_format)
     records = read_records(options.input, fmt, max_record_bytes=options.max_record_bytes)
@@ -155,6 +161,7 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
             deadline=options.deadline,
             grace=options.grace,
             max_outage=options.max_outage,
+            connect_grace=options.connect_grace,
         )
         state = BatchState()
         total = _count_rows(options.input, fmt) if options.progress else None
@@ -174,11 +181,13 @@ async def _drive(options: RunOptions, summary: RunSummary, stop: asyncio.Event) 
                             done.add(*key)
                     else:
                         assert isinstance(result, Failure)
-                        errors_sink.write(failure_record(result))
+                        record = failure_record(result)
+                        record["error"] = redact(record["error"])
+                        errors_sink.write(record)
                     summary.add(result)
                     progress.advance(result)
             except EndpointDownError as exc:
-                summary.endpoint_down = str(exc)
+                summary.endpoint_down = redact(str(exc))
             finally:
                 if isinstance(results, AsyncGenerator):
                     # Leaving the loop on an error (a failed write, say) must cancel the
@@ -242,14 +251,15 @@ async def run(options: RunOptions) -> RunOutcome:
     pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()
+    redact = run_redactor(options.urls, options.proxy, options.hf_token)
     lock = OutputLock(options.output)
     lock.acquire()  # LockedError propagates: another run owns this output
     try:
         if options.overwrite:
             _remove_outputs(options)
-        with contextlib.contextmanager(_install_signals)(stop, summary):
+        with contextlib.contextmanager(_install_signals)(stop, summary), redacted_logs(redact):
             try:
-                await _drive(options, summary, stop)
+                await _drive(options, summary, stop, redact)
             except asyncio.CancelledError:
                 summary.interrupted = True
     finally:
