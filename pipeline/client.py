@@ -206,7 +206,8 @@ class GradioQueueClient:
                 timeout=self._http_timeout,
             ) as resp:
                 if resp.status in (401, 403, 407):
-                    raise status_error(resp.status, f"HTTP {resp.status} from {self.display_url}/config")
+                    raise status_error(resp.status, f"HTTP {resp.status} from {self.display_url}/config",
+                                       proxy=self.proxy)
                 body = await resp.read()
                 if resp.status != 200:
                     self._raise_if_unavailable(resp, body)
@@ -370,7 +371,7 @@ class GradioQueueClient:
                 f"HTTP 503 from {where}: {text or 'queue full'}", status=503, retry_after=retry_after
             )
         error = status_error(status, f"HTTP {status} from {where}: {text}",
-                             retry_after=retry_after)
+                             retry_after=retry_after, proxy=self.proxy)
         if status == 404:
             # A Space upgraded to Gradio 5+ moves its routes under /gradio_api:
             # forget the layout so the next attempt reads /config again.

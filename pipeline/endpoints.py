@@ -252,8 +252,8 @@ class EndpointPool:
         """Why the run stops when no endpoint was ever reached: each URL and its cause."""
         parts = [f"{ep.url}: {ep.last_error or 'never tried'}" for ep in self.endpoints]
         return (f"cannot reach the endpoint{'s' if len(parts) > 1 else ''} "
-                + "; ".join(parts) + " (nothing was sent; check the URL, proxy, "
-                "certificates and token, then run again)")
+                + "; ".join(parts) + " (no row was marked failed: fix the URL, proxy, "
+                "certificates or token and run again)")
 
     def report(self) -> list[dict[str, object]]:
         """Per-endpoint counters for the summary."""

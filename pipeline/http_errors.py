@@ -24,7 +24,7 @@ from .errors import (
     TLSError,
     TransportError,
 )
-from .proxies import secret_spellings
+from .proxies import mask_proxy, secret_spellings
 
 
 def _describe(exc: BaseException) -> str:
@@ -49,17 +49,19 @@ def _tunnel(exc: BaseException) -> RequestError:
     return ConnectError(f"the proxy could not open a tunnel to the endpoint: HTTP {status} {reason}")
 
 
-def status_error(status: int, text: str, *, retry_after: float | None = None) -> HTTPStatusError:
+def status_error(status: int, text: str, *, retry_after: float | None = None,
+                 proxy: str | None = None) -> HTTPStatusError:
     """The error for an HTTP answer ``status`` (``text`` says where and what came back).
 
-    401/403 and 407 get their meaning spelled out: the token, or the proxy's credentials.
+    401/403 and 407 get their meaning spelled out: the token, or the credentials of
+    ``proxy`` (named with its password masked).
     """
     if status in (401, 403):
         return AccessDeniedError(
             f"{text} (the Space is private or the HF token is not accepted)", status=status)
     if status == 407:
-        return AccessDeniedError(
-            f"{text} (the proxy refused the proxy credentials)", status=status)
+        named = f"the proxy {mask_proxy(proxy)}" if proxy else "the proxy"
+        return AccessDeniedError(f"{text} ({named} refused the credentials)", status=status)
     return HTTPStatusError(text, status=status, retry_after=retry_after)
 
 
