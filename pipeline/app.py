@@ -30,6 +30,7 @@ from .progress import Progress
 from .provenance import note_path, verify_input
 from .readers import count_rows, detect_format, read_records
 from .records import failure_record, success_record
+from .redaction import Redact, redacted_logs, run_redactor
 from .retry import RetryPolicy
 from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
@@ -94,6 +95,10 @@ class RunOptions:
     deadline: float | None = None
     grace: float = 60.0
     max_outage: float = 600.0
+    connect_grace: float = 60.0
+    """Seconds to keep trying endpoints that were never reached before stopping (exit 4)."""
+    ca_bundle: str | None = None
+    """A PEM file of the certificates to trust instead of the system's."""
     max_response_chars: int | None = None
     engine: str = "local"
     """``local`` (this process) or ``ray`` (a Ray Data pipeline; see pipeline.engines)."""
@@ -139,7 +144,7 @@ def _count_rows(path: str, fmt: str) -> int | None:
 
 
 async def _drive(options: RunOptions, fmt: str, records: Records, head: list[RawRecord | InputError],
-                 summary: RunSummary, stop: asyncio.Event) -> None:
+                 summary: RunSummary, stop: asyncio.Event, redact: Redact) -> None:
     run_started = iso_utc(utc_now())
     output = open_output(options.output, options.output_format,
                          rows_per_file=options.rows_per_file)
@@ -177,6 +182,7 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
             deadline=options.deadline,
             grace=options.grace,
             max_outage=options.max_outage,
+            connect_grace=options.connect_grace,
         )
         state = BatchState()
         total = _count_rows(options.input, fmt) if options.progress else None
@@ -206,11 +212,13 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                             done.add(*key)
                     else:
                         assert isinstance(result, Failure)
-                        errors_sink.write(failure_record(result))
+                        record = failure_record(result)
+                        record["error"] = redact(record["error"])
+                        errors_sink.write(record)
                     summary.add(result)
                     progress.advance(result)
             except EndpointDownError as exc:
-                summary.endpoint_down = str(exc)
+                summary.endpoint_down = redact(str(exc))
             finally:
                 if isinstance(results, AsyncGenerator):
                     # Leaving the loop on an error (a failed write, say) must cancel the
@@ -280,14 +288,15 @@ async def run(options: RunOptions) -> RunOutcome:
                                        require_id=options.require_id,
                                        max_record_bytes=options.max_record_bytes,
                                        infer_csv_types=options.csv_infer_types)
+    redact = run_redactor(options.urls, options.proxy, options.hf_token)
     lock = OutputLock(options.output)
     try:
         lock.acquire()  # LockedError propagates: another run owns this output
         if options.overwrite:
             _remove_outputs(options)
-        with contextlib.contextmanager(_install_signals)(stop, summary):
+        with contextlib.contextmanager(_install_signals)(stop, summary), redacted_logs(redact):
             try:
-                await _drive(options, fmt, records, head, summary, stop)
+                await _drive(options, fmt, records, head, summary, stop, redact)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if summary.stalled is None:

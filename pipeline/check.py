@@ -61,9 +61,10 @@ class CheckReport:
 
 
 async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = None,
-                         hf_token: str | None = None) -> CheckReport:
+                         hf_token: str | None = None, ca_bundle: str | None = None) -> CheckReport:
     """Read the endpoint's config and time one tiny request (sent again while the queue is full)."""
-    async with GradioQueueClient(url, proxy=proxy, hf_token=hf_token, timeouts=timeouts) as client:
+    async with GradioQueueClient(url, proxy=proxy, hf_token=hf_token, timeouts=timeouts,
+                                 ca_bundle=ca_bundle) as client:
         report = CheckReport(client.display_url)
         try:
             info = await client.discover()

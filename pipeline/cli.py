@@ -36,8 +36,10 @@ from .errors import (
     QwenBatchError,
 )
 from .provider import Qwen_Qwen_2_72B
+from .proxies import check_proxy, proxy_for
 from .readers import FORMAT_CHOICES
 from .rowspec import RowSpec
+from .sessions import tls_context
 from .writers import default_errors_path, default_output_path, legacy_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -72,11 +74,44 @@ def opt(*decls: str, **kwargs: Any) -> Callable[[_F], _F]:
     return click.option(*decls, **kwargs)
 
 
+def _check_proxy(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--proxy`` checked before anything runs: a usage error (exit 2) that masks the password."""
+    if not value:
+        return None
+    try:
+        return check_proxy(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _check_ca_bundle(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        try:
+            tls_context(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+def _endpoint_proxies(urls: tuple[str, ...], proxy: str | None) -> None:
+    """Fail with a usage error now if a proxy variable of the environment is malformed."""
+    for url in urls:
+        try:
+            proxy_for(url, proxy)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+
+
 def endpoint_options(url_help: str) -> Callable[[_F], _F]:
-    """``--url`` (repeatable), ``--proxy`` and ``--hf-token``: how every command reaches the Space."""
+    """``--url`` (repeatable), ``--proxy``, ``--ca-bundle`` and ``--hf-token``: how every command reaches the Space."""
     options = [
         opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True, help=url_help),
-        opt("--proxy", help="HTTP(S) proxy URL; credentials in it are never logged."),
+        opt("--proxy", callback=_check_proxy,
+            help="HTTP(S) proxy URL, http://[user:password@]host:port; wins over HTTP_PROXY/"
+            "HTTPS_PROXY/NO_PROXY (honoured otherwise). Credentials are never logged."),
+        opt("--ca-bundle", type=click.Path(dir_okay=False), callback=_check_ca_bundle,
+            help="PEM file of the CA certificates to trust instead of the system's "
+            "(SSL_CERT_FILE is honoured without it)."),
         opt("--hf-token", envvar=["QWEN_BATCH_HF_TOKEN", "HF_TOKEN"],
             help="Hugging Face token (env HF_TOKEN); never logged or written."),
     ]
@@ -156,6 +191,9 @@ def main(verbose: int) -> None:
      help="Fail a row whose answer grows past this many characters.")
 @opt("--max-outage", type=click.FloatRange(min=0), default=600.0, show_default=True,
      help="Seconds to wait for a failing or sleeping endpoint before stopping with exit 4.")
+@opt("--connect-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+     help="Seconds to keep trying when no endpoint has been reached yet (refused, DNS, TLS, "
+     "401/403/407, proxy down) before stopping with exit 4; no row is failed meanwhile.")
 @opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
      help="Attempts per row, the first included.")
 @opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
@@ -229,6 +267,7 @@ def run_command(input_path: str, **o: Any) -> None:
         deadline = seconds_until(o["deadline"]) if o["deadline"] else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--deadline") from None
+    _endpoint_proxies(tuple(o["urls"]), o["proxy"])
     if o["output"] is None:
         legacy = legacy_output_path(input_path)
         if legacy is not None and os.path.exists(legacy) \
@@ -276,6 +315,8 @@ def run_command(input_path: str, **o: Any) -> None:
         deadline=deadline,
         grace=o["grace"],
         max_outage=o["max_outage"],
+        connect_grace=o["connect_grace"],
+        ca_bundle=o["ca_bundle"],
         max_response_chars=o["max_response_chars"],
         engine=o["engine"],
         ray_address=o["ray_address"],
@@ -308,7 +349,8 @@ def _execute(options: RunOptions) -> int:
 @endpoint_options("Endpoint to check (repeatable).")
 @opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
      help="Seconds for the probe request, queue wait included.")
-def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: str | None) -> None:
+def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: str | None,
+          ca_bundle: str | None) -> None:
     """Tell what an endpoint is and whether a batch would work against it.
 
     Prints the Gradio version, protocol, API prefix, whether model_chat was
@@ -322,9 +364,11 @@ def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: st
     from .check import check_endpoint
 
     timeouts = Timeouts(total=timeout, read=min(60.0, timeout), idle=min(120.0, timeout))
+    _endpoint_proxies(urls, proxy)
 
     async def go() -> list[Any]:
-        return [await check_endpoint(url, timeouts=timeouts, proxy=proxy, hf_token=hf_token)
+        return [await check_endpoint(url, timeouts=timeouts, proxy=proxy, hf_token=hf_token,
+                                     ca_bundle=ca_bundle)
                 for url in dict.fromkeys(urls)]
 
     reports = asyncio.run(go())

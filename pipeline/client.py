@@ -24,7 +24,9 @@ import aiohttp
 from yarl import URL
 
 from .errors import (
+    AccessDeniedError,
     AttemptTimeoutError,
+    ConnectError,
     HTTPStatusError,
     IdleTimeoutError,
     IncompleteResponseError,
@@ -40,10 +42,12 @@ from .errors import (
 )
 from .gradio import EventTracker, parse_message
 from .hf_status import space_state
-from .http_errors import make_redactor, map_transport_error
+from .http_errors import make_redactor, map_transport_error, status_error
 from .models import Completion, RequestTrace, utc_now
 from .prompts import DEFAULT_SYSTEM_PROMPT
+from .proxies import proxy_for, proxy_password
 from .retry import parse_retry_after
+from .sessions import open_session
 from .space_config import DEFAULT_SPACE_INFO, SpaceInfo, parse_space_config
 from .sse import SSEDecoder
 
@@ -122,7 +126,9 @@ class GradioQueueClient:
     Pass ``session`` to share a connection pool; otherwise the client opens its
     own and closes it in :meth:`close` (or on leaving ``async with``). ``hf_token``
     goes only into the ``Authorization`` header and is scrubbed from every
-    error message, as is the password of ``proxy``.
+    error message, as is the password of ``proxy``. Without ``proxy``, the
+    ``HTTP(S)_PROXY``/``NO_PROXY`` environment decides (:func:`~pipeline.proxies.proxy_for`).
+    ``ca_bundle`` (a PEM file) is the certificates an owned session trusts.
     """
 
     def __init__(
@@ -136,10 +142,12 @@ class GradioQueueClient:
         space_info: SpaceInfo | None = None,
         max_answer_chars: int | None = None,
         max_line_bytes: int = 16 * 1024 * 1024,
+        ca_bundle: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.display_url = _strip_credentials(self.url)
-        self.proxy = proxy
+        self.proxy, self.proxy_source = proxy_for(self.url, proxy)
+        self.ca_bundle = ca_bundle
         self.timeouts = timeouts or Timeouts()
         self.max_answer_chars = max_answer_chars
         self.max_line_bytes = max_line_bytes
@@ -154,8 +162,7 @@ class GradioQueueClient:
             self._headers["Authorization"] = f"Bearer {hf_token}"
         self._stream_headers = {**self._headers, "Accept": "text/event-stream"}
         self._urls: dict[str, tuple[URL, str]] = {}  # api prefix -> (join URL, data URL text)
-        proxy_password = urlsplit(proxy).password if proxy else None
-        self.redact = make_redactor([hf_token, proxy_password])
+        self.redact = make_redactor([hf_token, proxy_password(self.proxy)])
         self._http_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeouts.connect, sock_read=None
         )
@@ -189,8 +196,7 @@ class GradioQueueClient:
         if self._session is None or self._session.closed:
             if not self._owns_session:
                 raise RuntimeError("the shared aiohttp session was closed")
-            # The runner bounds concurrency itself; the pool must not add a hidden cap.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self._session = open_session(self.ca_bundle)
         return self._session
 
     # -- discovery ---------------------------------------------------------------------------
@@ -221,12 +227,9 @@ class GradioQueueClient:
                 proxy=self.proxy,
                 timeout=self._http_timeout,
             ) as resp:
-                if resp.status in (401, 403):
-                    raise HTTPStatusError(
-                        f"HTTP {resp.status} from {self.display_url}/config: "
-                        "the Space is private or the HF token is not accepted",
-                        status=resp.status,
-                    )
+                if resp.status in (401, 403, 407):
+                    raise status_error(resp.status, f"HTTP {resp.status} from {self.display_url}/config",
+                                       proxy=self.proxy)
                 body = await resp.read()
                 if resp.status != 200:
                     self._raise_if_unavailable(resp, body)
@@ -238,8 +241,11 @@ class GradioQueueClient:
                     return DEFAULT_SPACE_INFO, resp.status == 404
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
-            cause = (map_transport_error(exc, self.redact) if isinstance(exc, aiohttp.ClientError)
-                     or not timed_out else f"no answer within {bound:g} s")
+            cause: object = f"no answer within {bound:g} s"
+            if isinstance(exc, aiohttp.ClientError) or not timed_out:
+                cause = map_transport_error(exc, self.redact)
+                if isinstance(cause, (ConnectError, AccessDeniedError)):
+                    raise cause from None  # the join would meet the same; the endpoint pool decides
             log.warning("cannot read %s/config (%s); using the default Space layout",
                         self.display_url, cause)
             # A timeout is kept, unlike a refused connection: a server that swallows
@@ -413,8 +419,8 @@ class GradioQueueClient:
             return QueueFullError(
                 f"HTTP 503 from {where}: {text or 'queue full'}", status=503, retry_after=retry_after
             )
-        error = HTTPStatusError(f"HTTP {status} from {where}: {text}", status=status,
-                                retry_after=retry_after)
+        error = status_error(status, f"HTTP {status} from {where}: {text}",
+                             retry_after=retry_after, proxy=self.proxy)
         if status == 404:
             # A Space upgraded to Gradio 5+ moves its routes under /gradio_api:
             # forget the layout so the next attempt reads /config again (unless
@@ -422,8 +428,6 @@ class GradioQueueClient:
             if self._info is info:
                 self._info = None
             error.retryable = not info.discovered
-        elif status in (401, 403):
-            error.args = (f"{error} (the Space is private or the HF token is not accepted)",)
         elif status == 500:
             error.retryable = False  # a bad fn_index or payload; sending it again won't help
         return error

@@ -6,6 +6,14 @@ a row is benched (its circuit opens), probed with one request after a cooldown
 that doubles on every failed probe, and put back when a probe succeeds. When
 every endpoint has been out for longer than ``max_outage`` (or is gone for good),
 :meth:`EndpointPool.acquire` raises :class:`~pipeline.errors.EndpointDownError`.
+
+An endpoint that has never answered in this run is judged apart: while it only
+refuses connections, fails DNS or TLS, or denies access (401/403/407), the attempts
+it spoils are not the rows' fault (:meth:`EndpointPool.release` says so, and the
+runner sends the row again without counting the attempt). Access denied or a TLS
+failure puts it out at once; otherwise it is probed until ``connect_grace`` seconds
+after the first attempt. When no endpoint was ever reached, that is the end of the
+run: ``EndpointDownError`` naming each URL and its cause.
 """
 
 from __future__ import annotations
@@ -14,10 +22,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from .errors import (
+    AccessDeniedError,
+    ConnectError,
     DiscoveryError,
     EndpointDownError,
     HTTPStatusError,
@@ -52,11 +62,18 @@ def endpoint_failure(error: BaseException) -> Literal["gone", "down", None]:
         return "down" if error.retryable else "gone"
     if isinstance(error, QueueFullError):
         return None  # alive and busy: concurrency control handles it
+    if isinstance(error, AccessDeniedError):
+        return "down"  # the token or the proxy credentials stopped working
     if isinstance(error, HTTPStatusError):
         return "down" if error.status >= 500 or error.status == 429 else None
     if isinstance(error, (TransportError, TimeoutError_, ServerError)):
         return "down"
     return None
+
+
+def cannot_connect(error: BaseException) -> bool:
+    """Whether ``error`` means no exchange with the endpoint took place (no connection, no access)."""
+    return isinstance(error, (ConnectError, AccessDeniedError))
 
 
 @dataclass
@@ -76,6 +93,10 @@ class Endpoint:
     served: int = 0
     failed: int = 0
     last_error: str = ""
+    reached: bool = False
+    """Whether it has answered anything in this run (even an error of its own)."""
+    warned: set[str] = field(default_factory=set)
+    """The causes of failure already logged: a warning per cause, not per attempt."""
 
     def score(self) -> float:
         return (self.in_flight + 1) * (self.ewma_ms or 1000.0)
@@ -93,6 +114,7 @@ class EndpointPool:
         cooldown: float = 2.0,
         max_cooldown: float = 60.0,
         max_outage: float = 600.0,
+        connect_grace: float = 60.0,
     ) -> None:
         if not completers:
             raise ValueError("at least one endpoint is needed")
@@ -103,11 +125,16 @@ class EndpointPool:
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.max_outage = max_outage
+        self.connect_grace = connect_grace
+        self._started: float | None = None
         self._changed = asyncio.Event()
 
     async def acquire(self) -> Endpoint:
         """The endpoint for the next attempt; waits while every circuit is open."""
         loop = asyncio.get_running_loop()
+        if self._started is None:
+            self._started = loop.time()
+        started = self._started
         while True:
             now = loop.time()
             closed = []
@@ -125,27 +152,47 @@ class EndpointPool:
                 best.in_flight += 1
                 return best
             alive = [ep for ep in self.endpoints if ep.state != "gone"]
+            reached = any(ep.reached for ep in self.endpoints)
             if not alive:
+                if not reached:
+                    raise EndpointDownError(self._unreached_message())
                 raise EndpointDownError("every endpoint is gone: " + "; ".join(
                     f"{ep.url}: {ep.last_error}" for ep in self.endpoints))
-            # The outage runs from when the last endpoint still working went out (max, not
-            # min: one endpoint down for long must not cut short another's fresh cooldown).
-            since = max(ep.outage_since if ep.outage_since is not None else now for ep in alive)
-            if now - since > self.max_outage:
+            if reached:
+                # The outage runs from when the last endpoint still working went out (max, not
+                # min: one endpoint down for long must not cut short another's fresh cooldown).
+                since = max(ep.outage_since if ep.outage_since is not None else now
+                            for ep in alive)
+                limit = self.max_outage
+            else:  # nothing ever answered: allow the grace from the first attempt, no more
+                since, limit = started, self.connect_grace
+            if now - since > limit:
+                if not reached:
+                    raise EndpointDownError(self._unreached_message())
                 raise EndpointDownError(
                     f"no endpoint has worked for {now - since:.0f} s; last errors: "
                     + "; ".join(f"{ep.url}: {ep.last_error}" for ep in alive))
             wake = min((ep.open_until for ep in alive if ep.state == "open"), default=now + 1.0)
-            wake = min(wake, since + self.max_outage + 0.01)
+            wake = min(wake, since + limit + 0.01)
             self._changed.clear()
             # A timeout here means it is time to probe (or to give up): loop and look again.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, wake - now))
 
-    def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> None:
-        """Report how an attempt on ``ep`` ended."""
+    def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> bool:
+        """Report how an attempt on ``ep`` ended.
+
+        True when the attempt failed only because ``ep`` has never been reached (see
+        the module docstring): the row is not at fault and should be sent again.
+        """
         ep.in_flight -= 1
         probe, ep.probing = ep.probing and ep.state == "half_open", False
+        if error is not None and cannot_connect(error):
+            if not ep.reached:
+                self._not_reached(ep, error)
+                return True
+        else:
+            ep.reached = True
         kind = endpoint_failure(error) if error is not None else None
         if error is None or kind is None:
             if error is None:
@@ -157,7 +204,7 @@ class EndpointPool:
                 log.warning("endpoint %s is back", ep.url)
             ep.state, ep.failures, ep.cooldown, ep.outage_since = "closed", 0, 0.0, None
             self._changed.set()
-            return
+            return False
         ep.failed += 1
         ep.failures += 1
         ep.last_error = f"{type(error).__name__}: {error}"
@@ -176,6 +223,37 @@ class EndpointPool:
                             ep.url, ep.failures, ep.last_error, ep.cooldown)
             ep.state, ep.open_until = "open", now + ep.cooldown
         self._changed.set()
+        return False
+
+    def _not_reached(self, ep: Endpoint, error: BaseException) -> None:
+        """An attempt on an endpoint that never answered failed to connect or was refused."""
+        ep.failures += 1
+        ep.last_error = str(error)
+        cause = f"{type(error).__name__}: {error}"
+        retryable = getattr(error, "retryable", True)
+        if not retryable:  # access denied, TLS: the next attempt meets the same refusal
+            ep.state = "gone"
+        elif ep.state != "open":  # one failure is enough to bench it: nothing ever worked
+            now = asyncio.get_running_loop().time()
+            ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
+            ep.state, ep.open_until = "open", now + ep.cooldown
+            if ep.outage_since is None:
+                ep.outage_since = now
+        if cause not in ep.warned:
+            ep.warned.add(cause)
+            if retryable:
+                log.warning("cannot reach %s: %s; trying again for up to %.0f s (--connect-grace)",
+                            ep.url, error, self.connect_grace)
+            elif len(self.endpoints) > 1:  # alone, the run stops with this very message
+                log.error("cannot use %s: %s", ep.url, error)
+        self._changed.set()
+
+    def _unreached_message(self) -> str:
+        """Why the run stops when no endpoint was ever reached: each URL and its cause."""
+        parts = [f"{ep.url}: {ep.last_error or 'never tried'}" for ep in self.endpoints]
+        return (f"cannot reach the endpoint{'s' if len(parts) > 1 else ''} "
+                + "; ".join(parts) + " (no row was marked failed: fix the URL, proxy, "
+                "certificates or token and run again)")
 
     def report(self) -> list[dict[str, object]]:
         """Per-endpoint counters for the summary."""

@@ -14,9 +14,12 @@ again with a fresh session hash, may reasonably succeed.
     ├── EndpointDownError             the endpoint is unreachable or keeps failing (CLI exit 4)
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
-        │   └── QueueFullError        503 "Queue is full"                       [yes]
+        │   ├── QueueFullError        503 "Queue is full"                       [yes]
+        │   └── AccessDeniedError     401/403 (token) or 407 (proxy credentials) [no]
         ├── TransportError            connection refused, reset, DNS, TLS…      [yes]
-        │   └── StreamEndedError      stream closed before process_completed    [yes]
+        │   ├── StreamEndedError      stream closed before process_completed    [yes]
+        │   └── ConnectError          no connection: refused, DNS, proxy down   [yes]
+        │       └── TLSError          TLS handshake or certificate check failed [no]
         ├── TimeoutError_             base of the four timeouts                 [yes]
         │   ├── IdleTimeoutError      generating, but no new text for too long
         │   ├── ReadTimeoutError      nothing at all received for too long
@@ -117,10 +120,37 @@ class QueueFullError(HTTPStatusError):
     error_type = "queue_full"
 
 
+class AccessDeniedError(HTTPStatusError):
+    """401/403 (the Space refuses the token) or 407 (the proxy refuses its credentials).
+
+    Sending the same request again cannot help; an endpoint that answers only this
+    was never usable, and the run stops early (exit 4) instead of failing rows.
+    """
+
+    error_type = "access_denied"
+
+
 class TransportError(RequestError):
     """The connection failed: refused, reset, DNS, TLS, or a broken body."""
 
     error_type = "transport"
+
+
+class ConnectError(TransportError):
+    """No connection could be made: refused, DNS failure, connect timeout, proxy unreachable.
+
+    Retryable (a Space restarting refuses connections for a while); an endpoint that
+    never got past this in a run is stopped after ``--connect-grace``.
+    """
+
+    error_type = "connect"
+
+
+class TLSError(ConnectError):
+    """The TLS handshake or the certificate check failed; a retry meets the same certificate."""
+
+    retryable = False
+    error_type = "tls"
 
 
 class StreamEndedError(TransportError):

@@ -50,6 +50,10 @@ def _overload(error: BaseException) -> bool:
     return isinstance(error, HTTPStatusError) and error.status in (429, 502, 503, 504)
 
 
+class _NotReached(Exception):
+    """An attempt failed on an endpoint never reached in this run (see :mod:`.endpoints`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BatchSettings:
     """Knobs of one batch run.
@@ -58,7 +62,8 @@ class BatchSettings:
     run stays below it as the Space's queue demands. ``rate`` caps request starts
     per second (retries included). ``deadline`` (seconds from the start) stops
     new requests; those in flight get ``grace`` seconds more, then are cancelled.
-    ``failure_threshold``/``max_outage`` tune the endpoints' circuit breakers.
+    ``failure_threshold``/``max_outage`` tune the endpoints' circuit breakers;
+    ``connect_grace`` is how long endpoints that were never reached are tried.
     """
 
     concurrency: int = 4
@@ -75,6 +80,7 @@ class BatchSettings:
     failure_threshold: int = 5
     probe_cooldown: float = 2.0
     max_outage: float = 600.0
+    connect_grace: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -149,7 +155,8 @@ async def run_batch(
     else:
         completers = list(completer) if isinstance(completer, Sequence) else [completer]
         pool = EndpointPool(completers, failure_threshold=settings.failure_threshold,
-                            cooldown=settings.probe_cooldown, max_outage=settings.max_outage)
+                            cooldown=settings.probe_cooldown, max_outage=settings.max_outage,
+                            connect_grace=settings.connect_grace)
     limit = AdaptiveLimit(settings.concurrency, adaptive=settings.adaptive)
     state.limit, state.pool = limit, pool
     rate = RateLimiter(settings.rate)
@@ -164,12 +171,10 @@ async def run_batch(
     exhausted = False
 
     async def attempt_once(row: PromptRow, trace: RequestTrace) -> Completion:
-        endpoint: Endpoint | None = None
-        error: BaseException | None = None
+        endpoint: Endpoint = await pool.acquire()
+        state.attempts += 1
+        state.in_flight += 1
         try:
-            endpoint = await pool.acquire()
-            state.attempts += 1
-            state.in_flight += 1
             try:
                 completion = await endpoint.completer.complete(row.prompt, row.system, trace=trace)
             finally:
@@ -178,16 +183,16 @@ async def run_batch(
                 raise IncompleteResponseError(
                     f"answer of {len(completion.text.strip())} characters, "
                     f"under the minimum of {settings.min_chars}")
-            return completion
-        except BaseException as exc:
-            error = exc
+        except asyncio.CancelledError:
+            endpoint.in_flight -= 1
+            endpoint.probing = False
             raise
-        finally:
-            if endpoint is not None and not isinstance(error, asyncio.CancelledError):
-                pool.release(endpoint, error, trace.duration_ms)
-            elif endpoint is not None:
-                endpoint.in_flight -= 1
-                endpoint.probing = False
+        except BaseException as exc:
+            if pool.release(endpoint, exc, trace.duration_ms):
+                raise _NotReached(exc) from exc
+            raise
+        pool.release(endpoint, None, trace.duration_ms)
+        return completion
 
     async def job(row: PromptRow, sample: int) -> Result | None:
         attempt = 0
@@ -208,6 +213,11 @@ async def run_batch(
                 stop.set()
                 state.unfinished += 1
                 return None
+            except _NotReached:
+                # The endpoint has never answered: not this row's fault, so not one of its
+                # attempts. The pool paces the next try (the endpoint is benched meanwhile).
+                attempt -= 1
+                continue
             except RequestError as error:
                 if _overload(error):
                     limit.on_overload()

@@ -52,6 +52,19 @@ class ThreadedFakeSpace:
         self._thread.join(10)
 
 
+PROXY_VARIABLES = (*(f"{name}_{suffix}" for name in ("HTTP", "HTTPS", "ALL", "NO")
+                      for suffix in ("PROXY", "proxy")), "QWEN_BATCH_PROXY", "QWEN_BATCH_CA_BUNDLE")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test talks to 127.0.0.1 directly: a proxy set in the developer's shell must not
+    route (or break) the suite. Tests that want a proxy variable set it themselves; child
+    processes inherit the cleaned environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def threaded_space() -> Iterator[ThreadedFakeSpace]:
     """A fake Space (Gradio 4 shape, fast) served from a background thread."""

@@ -320,13 +320,14 @@ def test_secrets_never_reach_output_errors_summary_or_logs(tmp_path: Path, threa
     unreachable_proxy = "http://user:pr0xyPa55word@127.0.0.1:9"
     result2 = invoke("-vv", "run", str(source), "-o", str(tmp_path / "p.jsonl"), "--url",
                      threaded_space.url, *FAST, "--max-attempts", "1", "--proxy", unreachable_proxy,
-                     "--hf-token", SECRET_TOKEN)
-    assert result2.exit_code in (3, 4)
+                     "--hf-token", SECRET_TOKEN, "--connect-grace", "0.5")
+    assert result2.exit_code == 4  # the proxy was never reached: stopped, no row failed
     everything = result.output + result.stderr + result2.output + result2.stderr + "".join(
         p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file())
     assert SECRET_TOKEN not in everything
     assert "pr0xyPa55word" not in everything
-    assert "proxy" in (tmp_path / "p.errors.jsonl").read_text()
+    assert "cannot reach the proxy" in result2.stderr
+    assert (tmp_path / "p.errors.jsonl").read_text() == ""
 
 
 def test_summary_file_has_counts_and_percentiles(tmp_path: Path, threaded_space) -> None:

@@ -124,8 +124,8 @@ async def test_config_without_model_chat_is_a_discovery_error(mocked) -> None:
         (429, {"detail": "slow down"}, errors.HTTPStatusError, True),
         (502, "Bad Gateway", errors.HTTPStatusError, True),
         (504, "Gateway Timeout", errors.HTTPStatusError, True),
-        (401, {"detail": "Unauthorized"}, errors.HTTPStatusError, False),
-        (403, {"detail": "Forbidden"}, errors.HTTPStatusError, False),
+        (401, {"detail": "Unauthorized"}, errors.AccessDeniedError, False),
+        (403, {"detail": "Forbidden"}, errors.AccessDeniedError, False),
     ],
 )
 async def test_join_statuses(mocked, status: int, body: object, error: type, retryable: bool) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
 
 from pipeline.endpoints import EndpointPool, endpoint_failure
 from pipeline.errors import (
+    AccessDeniedError,
     AppError,
+    ConnectError,
     DiscoveryError,
     EndpointDownError,
     HTTPStatusError,
@@ -20,6 +23,7 @@ from pipeline.errors import (
     ServerError,
     SpaceUnavailableError,
     StreamEndedError,
+    TLSError,
     TransportError,
 )
 from pipeline.models import Completion, RequestTrace
@@ -290,3 +294,102 @@ async def test_a_successful_probe_ends_the_outage() -> None:
     await fail(pool, 1)  # a new outage starts now
     probe = await asyncio.wait_for(pool.acquire(), 1)  # a probe, not EndpointDownError
     assert probe is ep and ep.state == "half_open"
+
+
+# -- endpoints never reached in this run ---------------------------------------------------------
+
+
+def refused() -> ConnectError:
+    return ConnectError("cannot connect: Connect call failed ('127.0.0.1', 1)")
+
+
+async def test_a_never_reached_endpoint_blames_itself_not_the_row_and_is_benched_at_once() -> None:
+    pool = pool_of("http://a", connect_grace=30.0)
+    ep = await pool.acquire()
+    assert pool.release(ep, refused(), None) is True  # the row is not at fault
+    assert ep.state == "open" and not ep.reached
+    assert ep.failed == 0  # nothing failed that the summary should count
+
+
+@pytest.mark.parametrize("error", [
+    AccessDeniedError("HTTP 407 from the proxy", status=407),
+    AccessDeniedError("HTTP 401", status=401),
+    TLSError("TLS failure: certificate verify failed"),
+])
+async def test_access_denied_or_tls_on_a_never_reached_endpoint_stops_at_once(
+        error: BaseException) -> None:
+    pool = pool_of("http://a", connect_grace=600.0, max_outage=600.0)
+    ep = await pool.acquire()
+    assert pool.release(ep, error, None) is True
+    with pytest.raises(EndpointDownError) as info:
+        await asyncio.wait_for(pool.acquire(), 1)
+    message = str(info.value)
+    assert "http://a" in message and str(error) in message
+    assert "cannot reach" in message
+
+
+async def test_never_reached_stops_after_the_connect_grace_not_the_max_outage() -> None:
+    pool = pool_of("http://a", connect_grace=0.05, max_outage=600.0, cooldown=0.01)
+    ep = await pool.acquire()
+    pool.release(ep, refused(), None)
+    with pytest.raises(EndpointDownError) as info:
+        while True:  # probes keep failing until the grace runs out
+            ep = await asyncio.wait_for(pool.acquire(), 5)
+            pool.release(ep, refused(), None)
+    assert "http://a" in str(info.value) and "Connect call failed" in str(info.value)
+
+
+async def test_an_endpoint_that_answered_once_keeps_the_max_outage() -> None:
+    pool = pool_of("http://a", connect_grace=0.01, max_outage=600.0, cooldown=0.01,
+                   failure_threshold=1)
+    ep = await pool.acquire()
+    pool.release(ep, None, 5.0)
+    assert ep.reached
+    ep = await pool.acquire()
+    assert pool.release(ep, refused(), None) is False  # now an outage: the row's attempt counts
+    await asyncio.sleep(0.05)  # past the grace
+    ep = await asyncio.wait_for(pool.acquire(), 1)  # still handed out (a probe), no EndpointDownError
+    assert ep.url == "http://a"
+
+
+async def test_any_answer_even_an_error_counts_as_reached() -> None:
+    pool = pool_of("http://a", connect_grace=0.01)
+    ep = await pool.acquire()
+    assert pool.release(ep, QueueFullError("full", status=503), None) is False
+    assert ep.reached
+
+
+async def test_with_one_endpoint_reached_the_other_never_stops_the_run() -> None:
+    pool = pool_of("http://dead", "http://live", connect_grace=0.01, cooldown=0.01)
+    first = await pool.acquire()
+    second = await pool.acquire()
+    dead, live = (first, second) if first.url == "http://dead" else (second, first)
+    pool.release(live, None, 5.0)
+    pool.release(dead, AccessDeniedError("HTTP 403", status=403), None)
+    assert dead.state == "gone"
+    await asyncio.sleep(0.05)
+    for _ in range(3):
+        ep = await asyncio.wait_for(pool.acquire(), 1)
+        assert ep.url == "http://live"
+        pool.release(ep, None, 5.0)
+
+
+async def test_the_run_stops_only_when_no_endpoint_was_ever_reached() -> None:
+    pool = pool_of("http://a", "http://b", connect_grace=600.0)
+    for error in (AccessDeniedError("HTTP 407", status=407), TLSError("certificate verify failed")):
+        ep = await pool.acquire()
+        pool.release(ep, error, None)
+    with pytest.raises(EndpointDownError) as info:
+        await asyncio.wait_for(pool.acquire(), 1)
+    assert "http://a" in str(info.value) and "http://b" in str(info.value)
+
+
+async def test_a_cause_is_warned_once_not_once_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    pool = pool_of("http://a", connect_grace=30.0)
+    attempts = [await pool.acquire() for _ in range(4)]  # all sent before the first failed
+    with caplog.at_level(logging.WARNING, logger="pipeline.endpoints"):
+        for ep in attempts:
+            assert pool.release(ep, refused(), None) is True
+    warnings = [r for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "http://a" in warnings[0].getMessage()

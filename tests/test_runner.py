@@ -412,3 +412,60 @@ async def test_closing_with_nothing_in_flight_leaves_nothing_and_closes_the_inpu
     await gen.aclose()
     assert not runner_tasks()
     assert closed == [True]  # the input is released at once, not whenever GC gets to it
+
+
+# -- an endpoint never reached: no row is burnt -------------------------------------------------
+
+
+class Unreachable:
+    """A completer whose first ``refusals`` requests cannot connect; then it answers."""
+
+    def __init__(self, refusals: int, error: Exception | None = None) -> None:
+        self.display_url = "http://127.0.0.1:1"
+        self.refusals = refusals
+        self.calls = 0
+        self.error = error
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        from pipeline.errors import ConnectError
+
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise self.error or ConnectError("cannot connect: Connect call failed")
+        assert trace is not None
+        return Completion(f"answer to {prompt}", trace)
+
+
+async def test_rows_are_not_failed_while_no_endpoint_was_ever_reached() -> None:
+    rows = make_rows(3)
+    state = BatchState()
+    settings = BatchSettings(concurrency=2, connect_grace=0.2, probe_cooldown=0.01,
+                             policy=RetryPolicy(max_attempts=1, base_delay=0.0))
+    with pytest.raises(EndpointDownError) as info:
+        await collect(run_batch(rows, Unreachable(10_000), settings, state=state))
+    assert "http://127.0.0.1:1" in str(info.value) and "Connect call failed" in str(info.value)
+    assert state.failed == 0 and state.succeeded == 0
+    assert state.unfinished == 3  # every row left for the next run
+
+
+async def test_refusals_before_the_endpoint_comes_up_cost_a_row_no_attempt() -> None:
+    rows = make_rows(2)
+    completer = Unreachable(3)
+    settings = BatchSettings(concurrency=1, connect_grace=30.0, probe_cooldown=0.01,
+                             policy=RetryPolicy(max_attempts=1, base_delay=0.0))
+    results = await collect(run_batch(rows, completer, settings))
+    assert all(isinstance(r, Success) for r in results)
+    assert sorted(r.attempts for r in results) == [1, 1]  # with max_attempts=1 they would fail
+
+
+async def test_a_wrong_proxy_password_fails_no_row() -> None:
+    from pipeline.errors import AccessDeniedError
+
+    state = BatchState()
+    denied = AccessDeniedError("HTTP 407 from the proxy", status=407)
+    with pytest.raises(EndpointDownError) as info:
+        await collect(run_batch(make_rows(10), Unreachable(10_000, denied),
+                                BatchSettings(concurrency=4, connect_grace=600.0), state=state))
+    assert "407" in str(info.value)
+    assert state.failed == 0 and state.retries == 0

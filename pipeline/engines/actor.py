@@ -52,6 +52,7 @@ from pipeline.limits import AdaptiveLimit, RateLimiter
 from pipeline.models import Failure, PromptRow
 from pipeline.retry import RetryPolicy
 from pipeline.runner import DEFAULT_MODEL, BatchSettings, BatchState, run_batch
+from pipeline.sessions import open_session
 
 from .actor_pool import ActorPool
 from .codec import Kind, decode_row, dumps, encode_result
@@ -98,6 +99,7 @@ class ActorConfig:
     deadline_at: float | None = None
     grace: float = 60.0
     max_outage: float = 600.0
+    connect_grace: float = 60.0
     failure_threshold: int = 5
     probe_cooldown: float = 2.0
     flush_rows: int | None = None
@@ -105,6 +107,7 @@ class ActorConfig:
     driver_pid: int | None = None
     proxy: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -191,7 +194,7 @@ class PromptBatchCallable:
             if self._pool is None:
                 cfg = self.config
                 self._loop = asyncio.get_running_loop()
-                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+                self._session = open_session(cfg.ca_bundle)
                 # Each actor lists the endpoints from another start, so that their first
                 # requests (equal scores) do not all go to the first URL.
                 shift = uuid.uuid4().int % len(cfg.urls)
@@ -204,7 +207,7 @@ class PromptBatchCallable:
                 self._pool = ActorPool(
                     self._clients, self.limit, self._rate, self._gate,
                     failure_threshold=cfg.failure_threshold, cooldown=cfg.probe_cooldown,
-                    max_outage=cfg.max_outage)
+                    max_outage=cfg.max_outage, connect_grace=cfg.connect_grace)
             return self._pool
 
     def settings(self, deadline: float | None) -> BatchSettings:
@@ -218,7 +221,7 @@ class PromptBatchCallable:
             max_consecutive_failures=cfg.max_consecutive_failures, adaptive=False,
             min_chars=cfg.min_chars, deadline=deadline, grace=cfg.grace,
             failure_threshold=cfg.failure_threshold, probe_cooldown=cfg.probe_cooldown,
-            max_outage=cfg.max_outage)
+            max_outage=cfg.max_outage, connect_grace=cfg.connect_grace)
 
     async def __call__(self, batch: pa.Table) -> AsyncGenerator[pa.Table, None]:
         """Yield the results of ``batch`` in tables as they come (see the module docstring)."""

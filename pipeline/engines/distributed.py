@@ -363,6 +363,7 @@ def actor_config(options: RunOptions, settings: BatchSettings, per_actor: int) -
         min_chars=settings.min_chars,
         deadline_at=time.time() + settings.deadline if settings.deadline is not None else None,
         grace=settings.grace, max_outage=settings.max_outage,
+        connect_grace=settings.connect_grace, ca_bundle=options.ca_bundle,
         failure_threshold=settings.failure_threshold, probe_cooldown=settings.probe_cooldown,
         proxy=options.proxy, hf_token=options.hf_token,
     )

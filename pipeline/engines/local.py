@@ -7,11 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from pipeline.client import GradioQueueClient
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState, run_batch
+from pipeline.sessions import open_session
 
 from . import Rows
 
@@ -25,8 +24,7 @@ async def open_local(
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """One pooled session and a client per endpoint for the run; yields run_batch's results."""
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with open_session(options.ca_bundle) as session:
         clients = [GradioQueueClient(url, session=session, proxy=options.proxy,
                                      hf_token=options.hf_token, timeouts=options.timeouts,
                                      max_answer_chars=options.max_response_chars)
