@@ -25,7 +25,8 @@ json_leaf = st.none() | st.booleans() | st.integers(-2**62, 2**62) | text | \
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3)
                           | st.dictionaries(text, inner, max_size=3), max_leaves=8)
 rows = st.builds(
-    PromptRow, id=text.filter(bool), position=st.integers(0, 2**40), prompt=text,
+    PromptRow, id=text.filter(bool), id_value=st.none() | st.integers(-2**63, 2**63 - 1),
+    position=st.integers(0, 2**40), prompt=text,
     system=st.none() | text, keep=st.dictionaries(text, json_value, max_size=4),
     location=text,
     samples=st.none() | st.lists(st.integers(0, 100), max_size=4).map(tuple))

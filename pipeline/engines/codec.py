@@ -38,7 +38,7 @@ def dumps(value: Any) -> str:
 def encode_row(row: PromptRow) -> str:
     """A PromptRow as JSON text (kept values JSON-encoded the way the output stores them)."""
     return dumps({
-        "id": row.id, "position": row.position, "prompt": row.prompt, "system": row.system,
+        "id": row.id, "id_value": row.id_value, "position": row.position, "prompt": row.prompt, "system": row.system,
         "keep": row.keep, "location": row.location,
         "samples": list(row.samples) if row.samples is not None else None,
     })
@@ -50,8 +50,10 @@ def decode_row(text: str) -> PromptRow:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise ValueError("not an encoded prompt row")
     samples = data.get("samples")
+    id_value = data.get("id_value")
     return PromptRow(
-        id=data["id"], position=int(data["position"]), prompt=str(data["prompt"]),
+        id=data["id"], id_value=int(id_value) if id_value is not None else None,
+        position=int(data["position"]), prompt=str(data["prompt"]),
         system=data.get("system"), keep=dict(data.get("keep") or {}),
         location=str(data.get("location") or ""),
         samples=tuple(int(s) for s in samples) if samples is not None else None,
@@ -84,7 +86,10 @@ def success_from_record(record: Mapping[str, Any]) -> Success:
     """
     keep = {k: v for k, v in record.items() if k not in STANDARD_FIELDS}
     position = record.get("position")
-    row = PromptRow(id=str(record["id"]), position=-1 if position is None else int(position),
+    row_id = record["id"]
+    integer = isinstance(row_id, int) and not isinstance(row_id, bool)
+    row = PromptRow(id=str(row_id), id_value=row_id if integer else None,
+                    position=-1 if position is None else int(position),
                     prompt=record["prompt"],
                     system=record.get("system"), keep=keep)
     trace = RequestTrace(
