@@ -202,3 +202,46 @@ async def test_resume_onto_an_old_output_whose_ids_are_not_integers_keeps_string
     assert schema.field("id").type == pa.string()
     assert sorted(pq.read_table(out).column("id").to_pylist()) == \
         ["0010000000000", "10000000000", "10000000001", "10000000002"]
+
+
+async def test_parts_csv_and_datasets_keep_their_types(tmp_path: Path, space: RunningFakeSpace) -> None:
+    # A Hive-partitioned dataset: the partition key is a typed column (int32) too.
+    dataset = tmp_path / "data"
+    for year in (2023, 2024):
+        (dataset / f"year={year}").mkdir(parents=True)
+        pq.write_table(input_table(4).slice(2 * (year - 2023), 2), dataset / f"year={year}" / "p.parquet")
+    parts = tmp_path / "parts.parquet"
+    opts = options(dataset, parts, space, rows_per_file=2)
+    opts = RunOptions(**{**opts.__dict__, "spec": RowSpec(keep=("year", "when", "meta"))})
+    assert (await run(opts)).exit_code == 0
+    files = sorted(parts.glob("part-*.parquet"))
+    assert len(files) == 2
+    for part in files:
+        schema = pq.read_schema(part)
+        assert schema.field("id").type == pa.int64()
+        assert schema.field("year").type == pa.int32()
+        assert schema.field("when").type == INPUT_SCHEMA.field("when").type
+        assert schema.field("meta").type == INPUT_SCHEMA.field("meta").type
+    rows = [r for part in files for r in pq.read_table(part).to_pylist()]
+    assert sorted((r["year"], r["id"]) for r in rows) == [
+        (2023, 10_000_000_000), (2023, 10_000_000_001),
+        (2024, 10_000_000_002), (2024, 10_000_000_003)]
+
+    # CSV: text unless its types are inferred; then the output keeps those.
+    source = tmp_path / "in.csv"
+    source.write_text("id,prompt,n,when\n1,a,2.5,2024-01-02T03:04:05\n2,b,,2024-01-03T00:00:00\n")
+    out = tmp_path / "csv.parquet"
+    opts = options(source, out, space, csv_infer_types=True)
+    opts = RunOptions(**{**opts.__dict__, "spec": RowSpec(keep=("n", "when"))})
+    assert (await run(opts)).exit_code == 0
+    schema = pq.read_schema(out)
+    assert (schema.field("id").type, schema.field("n").type) == (pa.int64(), pa.float64())
+    # pyarrow infers timestamp[s]; Parquet has no seconds unit and stores milliseconds.
+    assert schema.field("when").type == pa.timestamp("ms")
+    assert pq.read_table(out).column("when").to_pylist() == [
+        datetime(2024, 1, 2, 3, 4, 5), datetime(2024, 1, 3)]
+    text_out = tmp_path / "csv-text.parquet"
+    opts = RunOptions(**{**opts.__dict__, "output": str(text_out), "csv_infer_types": False,
+                         "errors": str(text_out) + ".errors.jsonl"})
+    assert (await run(opts)).exit_code == 0
+    assert pq.read_table(text_out).column("id").to_pylist() == ["1", "2"]  # "007" stays "007"
