@@ -245,3 +245,26 @@ async def test_parts_csv_and_datasets_keep_their_types(tmp_path: Path, space: Ru
                          "errors": str(text_out) + ".errors.jsonl"})
     assert (await run(opts)).exit_code == 0
     assert pq.read_table(text_out).column("id").to_pylist() == ["1", "2"]  # "007" stays "007"
+
+
+def readme_schema_block() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    marker = "as `pyarrow.parquet.read_schema` prints it:\n\n```text\n"
+    start = readme.index(marker) + len(marker)
+    return readme[start:readme.index("```", start)]
+
+
+async def test_the_readme_shows_the_parquet_schema_a_run_writes(
+    tmp_path: Path, space: RunningFakeSpace
+) -> None:
+    source, out = tmp_path / "in.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({
+        "id": pa.array([1, 2], pa.int64()), "prompt": ["a", "b"], "title": ["t1", None],
+        "published": pa.array([datetime(2024, 1, 1, tzinfo=timezone.utc), None],
+                              pa.timestamp("ms", tz="UTC"))}), source)
+    opts = options(source, out, space)
+    opts = RunOptions(**{**opts.__dict__, "spec": RowSpec(keep=("title", "published"))})
+    assert (await run(opts)).exit_code == 0
+    written = pq.read_schema(out).to_string(show_field_metadata=False, show_schema_metadata=False)
+    assert written + "\n" == readme_schema_block(), (
+        "README.md's Parquet schema is out of date; the real one:\n" + written)
