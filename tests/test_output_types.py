@@ -268,3 +268,35 @@ async def test_the_readme_shows_the_parquet_schema_a_run_writes(
     written = pq.read_schema(out).to_string(show_field_metadata=False, show_schema_metadata=False)
     assert written + "\n" == readme_schema_block(), (
         "README.md's Parquet schema is out of date; the real one:\n" + written)
+
+
+def test_rows_that_went_through_the_ray_codec_write_the_same_parquet(tmp_path: Path) -> None:
+    """The Ray engine ships rows and results as JSON text; the output must not tell."""
+    from pipeline.engines.codec import decode_result, decode_row, encode_result, encode_row
+    from pipeline.models import PromptRow, RequestTrace, Success
+    from pipeline.parquet_output import ParquetOutput
+    from pipeline.records import kept_keys, success_record
+
+    table = input_table()
+    keep = {name: INPUT_SCHEMA.field(name).type for name in KEEP}
+    types = {"id": pa.int64(), **dict(zip(kept_keys(KEEP), keep.values(), strict=True))}
+    started = datetime(2024, 6, 1, 8, 0, 0, 123_000, tzinfo=timezone.utc)
+    paths = {}
+    for engine in ("local", "ray"):
+        paths[engine] = tmp_path / f"{engine}.parquet"
+        with ParquetOutput(str(paths[engine]), column_types=types) as out:
+            for position, values in enumerate(table.to_pylist()):
+                row = PromptRow(str(values["id"]), position, values["prompt"],
+                                keep={k: values[k] for k in KEEP}, id_value=values["id"])
+                if engine == "ray":
+                    row = decode_row(encode_row(row))
+                trace = RequestTrace("s", url="u", started_at=started, finished_at=started)
+                result: Any = Success(row, "answer", trace, 1, "m")
+                if engine == "ray":
+                    result = decode_result(*encode_result(result))
+                out.write(success_record(result))
+    local, on_ray = pq.read_table(paths["local"]), pq.read_table(paths["ray"])
+    assert on_ray.schema == local.schema
+    assert on_ray.equals(local)
+    assert local.column("blob").equals(table.column("blob"))
+    assert local.column("id").to_pylist() == table.column("id").to_pylist()
