@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .alloc import pin_mmap_threshold
 from .client import DEFAULT_URL, Timeouts
-from .columns import Records, close_records, open_checked_input
+from .columns import Records, close_records, open_checked_input, output_types
 from .engines import open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, InputError, OutputError
@@ -147,7 +147,9 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                  summary: RunSummary, stop: asyncio.Event, redact: Redact) -> None:
     run_started = iso_utc(utc_now())
     output = open_output(options.output, options.output_format,
-                         rows_per_file=options.rows_per_file)
+                         rows_per_file=options.rows_per_file,
+                         column_types=output_types(options.input, fmt, options.spec,
+                                                   infer_csv_types=options.csv_infer_types))
     errors_sink: JsonlAppender | None = None
     try:
         done = KeySet(output.iter_done_keys())

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from .errors import ConfigError, InputError
 from .models import RawRecord
 from .readers import parquet_columns, read_records
+from .records import kept_keys
 from .rowspec import RowSpec, template_fields
 
 Records = Iterator[RawRecord | InputError]
@@ -120,3 +122,31 @@ def close_records(records: object) -> None:
     close = getattr(records, "close", None)
     if close is not None:
         close()
+
+
+def output_types(path: str, fmt: str, spec: RowSpec, *,
+                 infer_csv_types: bool = False) -> dict[str, Any]:
+    """The input's Arrow types of the output's ``id`` and kept columns, by output name.
+
+    For Parquet output, which keeps them (an int64 id stays int64, a timestamp a
+    timestamp). Empty for JSONL input (its values carry their JSON types; no pyarrow
+    is loaded). The id's type is given only when ids can be of it (integers, text).
+    """
+    if fmt not in ("parquet", "csv", "tsv") or path == "-":
+        return {}
+    import pyarrow as pa
+
+    from .readers_arrow import input_schema
+
+    schema = input_schema(path, fmt, infer_csv_types=infer_csv_types)
+    types: dict[str, Any] = {}
+    if spec.id_field in schema.names:
+        kind = schema.field(spec.id_field).type
+        text = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if pa.types.is_integer(kind) or pa.types.is_string(text) or pa.types.is_large_string(text):
+            types["id"] = kind
+    names = tuple(dict.fromkeys(spec.keep))
+    for name, key in zip(names, kept_keys(names), strict=True):
+        if name in schema.names:
+            types[key] = schema.field(name).type
+    return types

@@ -54,6 +54,9 @@ class PromptRow:
     location: str = ""
     samples: tuple[int, ...] | None = None
     """Which sample numbers to run; None means all of the run's samples."""
+    id_value: int | None = None
+    """The id as the input holds it when it is an integer (``id`` is its text, the key
+    resume and digests use); the output writes this value. None: ``id`` is the value."""
 
 
 @dataclass(slots=True)

@@ -7,7 +7,6 @@ imports it when Parquet output is chosen, so JSONL runs never load pyarrow.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +19,17 @@ from pipeline.alloc import use_system_arrow_pool
 from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
 from pipeline.parquet_order import Buffered, in_input_order, interleave
-from pipeline.records import json_default
+from pipeline.parquet_types import (
+    OUTPUT_SCHEMA,
+    Unconvertible,
+    has_binary,
+    infer,
+    journal_value,
+    new_array,
+    old_array,
+    plan,
+    unify,
+)
 from pipeline.writers import JsonlAppender, Key, iter_jsonl_records, output_key
 
 log = logging.getLogger(__name__)
@@ -28,26 +37,12 @@ log = logging.getLogger(__name__)
 JOURNAL_SUFFIX = ".journal.jsonl"
 """Beside ``<path>``: the rows written since the last merge."""
 
-OUTPUT_SCHEMA = pa.schema(
-    [pa.field("id", pa.string(), nullable=False), pa.field("sample", pa.int64()),
-     pa.field("position", pa.int64())]
-    + [pa.field(n, pa.string()) for n in ("prompt", "system", "completion", "model")]
-    + [pa.field("attempts", pa.int64())]
-    + [pa.field(n, pa.string())
-       for n in ("session_hash", "event_id", "url", "started_at", "finished_at")]
-    + [pa.field(n, pa.float64()) for n in ("queue_ms", "ttft_ms", "duration_ms")]
-    + [pa.field("chunks", pa.int64())]
-)
-"""Types of the standard success fields in Parquet output; kept columns are appended."""
-
 _PY_TYPES = {
-    f.name: (str,) if pa.types.is_string(f.type) else (int,) if pa.types.is_integer(f.type)
-    else (int, float)
+    f.name: (str, int) if f.name == "id" else (str,) if pa.types.is_string(f.type)
+    or pa.types.is_timestamp(f.type) else (int,) if pa.types.is_integer(f.type) else (int, float)
     for f in OUTPUT_SCHEMA
 }
-
-JSON_ENCODED = {b"qwen_batch.encoding": b"json"}
-"""Field metadata of a kept column whose values are stored as JSON text (mixed types)."""
+"""What a standard field of a record may hold (times are ISO 8601 text until the merge)."""
 
 
 class ParquetOutput:
@@ -61,13 +56,18 @@ class ParquetOutput:
     crash costs no extra rewrite; rows whose key is already in ``<path>`` are dropped
     (a crash between the rename and the journal's deletion). The Parquet file is
     therefore always a complete file, but holds a run's rows only once it has closed.
-    A kept column whose values have conflicting types is stored as JSON text, with
-    field metadata ``qwen_batch.encoding = json``. ``flush_rows`` bounds the rows
-    held in memory during the merge (and the row group size).
+
+    ``column_types`` gives the Arrow types of ``id`` and of kept columns (by output
+    name) as the input has them; other columns get the types of their values
+    (:mod:`pipeline.parquet_types`). ``flush_rows`` bounds the rows held in memory
+    during the merge (and the row group size).
     """
 
-    def __init__(self, path: str, *, flush_rows: int = 10_000, fsync: bool = False) -> None:
+    def __init__(self, path: str, *, flush_rows: int = 10_000, fsync: bool = False,
+                 column_types: Mapping[str, pa.DataType] | None = None) -> None:
         self.path = path
+        self.column_types = dict(column_types or {})
+        self._binary = {n: t for n, t in self.column_types.items() if has_binary(t)}
         self.journal_path = path + JOURNAL_SUFFIX
         self.tmp_path = path + ".tmp"
         self.flush_rows = flush_rows
@@ -90,6 +90,9 @@ class ParquetOutput:
                 isinstance(value, bool) or not isinstance(value, kinds)
             ):
                 raise OutputError(f"{self.path}: field {name!r} cannot hold {value!r}")
+        if self._binary:
+            record = {**record, **{n: journal_value(record.get(n), t)
+                                   for n, t in self._binary.items() if n in record}}
         self._journal.write(record)
 
     def done_keys(self) -> set[Key]:
@@ -108,7 +111,8 @@ class ParquetOutput:
             return
         self._journal.close()
         self._journal = None
-        merge_journal(self.path, self.journal_path, self.tmp_path, batch_rows=self.flush_rows)
+        merge_journal(self.path, self.journal_path, self.tmp_path, batch_rows=self.flush_rows,
+                      column_types=self.column_types)
 
     finalize = close
 
@@ -176,104 +180,99 @@ def _new_rows(
             yield record
 
 
-def _writable(kind: pa.DataType) -> bool:
-    """Whether Parquet can store the type (it has no struct without fields)."""
-    if pa.types.is_struct(kind):
-        return kind.num_fields > 0 and all(_writable(kind.field(i).type)
-                                           for i in range(kind.num_fields))
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return _writable(kind.value_type)
-    return True
-
-
-def _unify(old: pa.DataType | None, new: pa.DataType | None) -> pa.DataType | None:
-    """A type holding values of both (``None``: none does, store JSON text)."""
-    if old is None or new is None:
-        return None
-    if pa.types.is_null(old) or old == new:
-        return new
-    if pa.types.is_null(new):
-        return old
-    return pa.float64() if {old, new} == {pa.int64(), pa.float64()} else None
-
-
-def _kept_types(
-    existing: Any, journal: str, old_keys: DigestSet, pending: set[int], batch_rows: int
+def _new_types(
+    journal: str, old_keys: DigestSet, pending: set[int], batch_rows: int,
+    declared: Mapping[str, pa.DataType],
 ) -> dict[str, pa.DataType | None]:
-    """Pass 1: the kept (non-standard) columns and their merged types; fills ``pending``."""
+    """Pass 1: the types of ``id`` and the kept columns of the new rows that the input's
+    schema does not give (None: mixed), in first-seen order; fills ``pending``."""
     types: dict[str, pa.DataType | None] = {}
-    for field in existing.schema_arrow if existing is not None else ():
-        if field.name not in OUTPUT_SCHEMA.names:
-            types[field.name] = None if field.metadata == JSON_ENCODED else field.type
     for chunk in _chunks(_new_rows(journal, old_keys, pending, first_pass=True), batch_rows):
-        names = dict.fromkeys(n for row in chunk for n in row if n not in OUTPUT_SCHEMA.names)
+        names = dict.fromkeys(n for row in chunk for n in row
+                              if (n == "id" or n not in OUTPUT_SCHEMA.names) and n not in declared)
         for name in names:
-            try:
-                kind: pa.DataType | None = pa.array([row.get(name) for row in chunk]).type
-            except (ValueError, TypeError, OverflowError, pa.ArrowException):
-                kind = None  # mixed types within the chunk
-            if kind is not None and not _writable(kind):
-                kind = None  # e.g. {} infers as struct<>, which Parquet cannot store
-            types[name] = _unify(types[name], kind) if name in types else kind
+            kind = infer([row.get(name) for row in chunk])
+            types[name] = unify(types[name], kind) if name in types else kind
     return types
 
 
-def _json_cell(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, default=json_default)
+def _plan_schema(old: pa.Schema | None, declared: Mapping[str, pa.DataType],
+                 inferred: Mapping[str, pa.DataType | None], forced: set[str]) -> pa.Schema:
+    """The output's schema: the standard fields, ``id`` and the kept columns typed."""
+    old_fields = {f.name: f for f in old} if old is not None else {}
+    new = {**inferred, **declared}
+
+    def column(name: str) -> pa.Field:
+        if name in forced:
+            return plan(None, None, name)
+        if name not in new:  # only in the existing output (or the id of no row at all)
+            return old_fields.get(name) or pa.field(name, pa.string())
+        return plan(old_fields.get(name), new[name], name)
+
+    fields = [column("id").with_nullable(False) if f.name == "id" else f for f in OUTPUT_SCHEMA]
+    kept = [n for n in old_fields if n not in OUTPUT_SCHEMA.names]
+    kept += [n for n in new if n not in OUTPUT_SCHEMA.names and n not in old_fields]
+    return pa.schema(fields + [column(name) for name in kept])
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, was_json: set[str]) -> pa.Table:
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, old: pa.Schema) -> pa.Table:
     """An existing batch with the merged schema's columns and types."""
     columns = []
     for field in schema:
         if field.name not in batch.schema.names:
             columns.append(pa.nulls(batch.num_rows, field.type))
-            continue
-        column = batch.column(field.name)
-        if field.metadata == JSON_ENCODED and field.name not in was_json:
-            column = pa.array([_json_cell(v) for v in column.to_pylist()], pa.string())
-        elif column.type != field.type:
-            column = column.cast(field.type)
-        columns.append(column)
+        else:
+            columns.append(old_array(batch.column(field.name), old.field(field.name), field))
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 10_000) -> int:
+def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 10_000,
+                  column_types: Mapping[str, pa.DataType] | None = None) -> int:
     """Merge a journal into a Parquet file atomically, delete it, and return the rows added.
 
     Memory holds one batch plus sets of keys. Safe to repeat after a crash at any
     point: until the rename, ``path`` is untouched and the journal intact; after it,
-    the journal's rows are found in ``path`` and dropped.
+    the journal's rows are found in ``path`` and dropped. A column whose values do not
+    convert to its planned type (ids of an earlier version's output that are not
+    integers as written, say) is stored as text, and the merge done again.
     """
+    forced: set[str] = set()
+    while True:
+        try:
+            return _merge(path, journal, tmp_path, batch_rows, column_types or {}, forced)
+        except Unconvertible as exc:
+            if exc.column in forced or (exc.column != "id" and exc.column in OUTPUT_SCHEMA.names):
+                raise OutputError(f"cannot merge {journal} into {path}: {exc}; the journal is "
+                                  "kept and the next run will merge it") from exc
+            log.warning("%s: %s; the column is stored as text", path, exc)
+            forced.add(exc.column)
+
+
+def _merge(path: str, journal: str, tmp_path: str, batch_rows: int,
+           declared: Mapping[str, pa.DataType], forced: set[str]) -> int:
     existing = _open_parquet(path) if os.path.exists(path) else None
     added = 0
     try:
         old_keys = DigestSet(_digest(key) for key in parquet_keys(path))
         pending: set[int] = set()
-        types = _kept_types(existing, journal, old_keys, pending, batch_rows)
+        inferred = _new_types(journal, old_keys, pending, batch_rows, declared)
         if not pending and existing is not None:
             _remove(journal)  # nothing new, e.g. the last run died right after its rename
             return 0
-        schema = OUTPUT_SCHEMA
-        for name, kind in types.items():
-            schema = schema.append(pa.field(name, pa.string(), metadata=JSON_ENCODED)
-                                   if kind is None else pa.field(name, kind))
-        to_json = {name for name, kind in types.items() if kind is None}
-        was_json = {f.name for f in existing.schema_arrow if f.metadata == JSON_ENCODED} \
-            if existing is not None else set()
+        old_schema = existing.schema_arrow if existing is not None else None
+        schema = _plan_schema(old_schema, declared, inferred, forced)
         # Input order: the new rows sorted (bounded memory) and slotted between the old ones.
         new_rows = in_input_order(_new_rows(journal, old_keys, pending, first_pass=False),
                                   os.path.dirname(os.path.abspath(path)))
 
         def to_table(chunk: list[dict[str, Any]]) -> pa.Table:
-            rows = [{n: _json_cell(r.get(n)) if n in to_json else r.get(n)
-                     for n in schema.names} for r in chunk]
-            return pa.Table.from_pylist(rows, schema=schema)
+            return pa.Table.from_arrays(
+                [new_array([r.get(f.name) for r in chunk], f) for f in schema], schema=schema)
 
         with new_rows, pq.ParquetWriter(tmp_path, schema) as writer:
             out = Buffered(writer, batch_rows)
             for batch in existing.iter_batches(batch_size=batch_rows) if existing else ():
-                added += interleave(out, _conform(batch, schema, was_json), new_rows, to_table)
+                added += interleave(out, _conform(batch, schema, old_schema), new_rows, to_table)
             added += interleave(out, None, new_rows, to_table)
             out.flush()
         _fsync_path(tmp_path)

@@ -132,6 +132,11 @@ def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
     A row with all cells empty is skipped like a blank line (it has no prompt).
     """
     use_system_arrow_pool()
+    reader, names = _open_csv(path, delimiter, infer_types)
+    return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
+
+
+def _open_csv(path: str, delimiter: str, infer_types: bool) -> tuple[Any, list[str]]:
     parse = pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                 ignore_empty_lines=False)
     read = pa_csv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK)
@@ -144,7 +149,25 @@ def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
                                  convert_options=convert)
     except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as CSV: {exc}") from exc
-    return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
+    return reader, names
+
+
+def input_schema(path: str, fmt: str, *, infer_csv_types: bool = False) -> Any:
+    """The Arrow schema of a Parquet file or dataset, or of a CSV/TSV file as it is read.
+
+    The Arrow types the rows come with (a CSV's inferred ones from its first block,
+    as the reader fixes them), so that the output can keep them.
+    """
+    if fmt == "parquet":
+        if os.path.isdir(path):
+            return _open_dataset(path).schema
+        try:
+            return pq.read_schema(path)
+        except ARROW_ERRORS as exc:
+            raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
+    reader, _ = _open_csv(path, "\t" if fmt == "tsv" else ",", infer_csv_types)
+    with reader:
+        return reader.schema
 
 
 def _csv_header(path: str, read: Any, parse: Any) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +36,8 @@ def success_record(s: Success) -> dict[str, Any]:
     """
     trace = s.trace
     record: dict[str, Any] = {
-        "id": s.row.id,
+        # The input's own value: an integer id stays an integer (JSON number, int64...).
+        "id": s.row.id if s.row.id_value is None else s.row.id_value,
         "sample": s.sample,
         # 0-based in the input: what `qwen-batch sort` and the Parquet merge order by.
         "position": s.row.position,
@@ -55,15 +57,24 @@ def success_record(s: Success) -> dict[str, Any]:
         "duration_ms": _ms(trace.duration_ms),
         "chunks": trace.chunks,
     }
-    taken = set(record) | set(s.row.keep)
-    for name, value in s.row.keep.items():
+    for key, value in zip(kept_keys(tuple(s.row.keep)), s.row.keep.values(), strict=True):
+        record[key] = value
+    return record
+
+
+@functools.lru_cache(maxsize=64)
+def kept_keys(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The output keys of the kept input columns ``names``, in order (see :func:`success_record`)."""
+    taken = set(STANDARD_FIELDS) | set(names)
+    keys = []
+    for name in names:
         key = name
-        if key in record:  # a standard key: rename to a name no other column uses
+        if key in STANDARD_FIELDS:  # a standard key: rename to a name no other column uses
             while key in taken:
                 key = KEEP_PREFIX + key
             taken.add(key)
-        record[key] = value
-    return record
+        keys.append(key)
+    return tuple(keys)
 
 
 def failure_record(f: Failure) -> dict[str, Any]:

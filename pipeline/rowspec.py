@@ -172,9 +172,11 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
         _require_unicode(system, location, spec.system_field)
     if system is None:
         system = spec.default_system
+    has_id = spec.id_field in values
     return PromptRow(
-        id=_row_id(record, spec.id_field) if spec.id_field in values
-        else content_id(prompt, system),
+        id=_row_id(record, spec.id_field) if has_id else content_id(prompt, system),
+        id_value=values[spec.id_field] if has_id and isinstance(values[spec.id_field], int)
+        else None,
         position=record.position,
         prompt=prompt,
         system=system,

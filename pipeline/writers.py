@@ -210,19 +210,21 @@ def output_key(record: Mapping[str, Any], path: str) -> Key:
 
 def open_output(
     path: str, fmt: str | None = None, *, fsync: bool = False, flush_rows: int = 10_000,
-    rows_per_file: int | None = None,
+    rows_per_file: int | None = None, column_types: Mapping[str, Any] | None = None,
 ) -> OutputSink:
     """Open the output by ``fmt`` (``jsonl``/``parquet``) or by suffix; ``-`` is JSONL on stdout.
 
     With ``rows_per_file``, ``path`` is a directory of parts of at most that many
     records each (:mod:`.partitioned`); their format is ``fmt``, else the directory
-    name's suffix (``out.parquet/``), else JSONL.
+    name's suffix (``out.parquet/``), else JSONL. ``column_types`` are the input's
+    Arrow types of ``id`` and the kept columns, for Parquet output (JSON needs none).
     """
     if rows_per_file is not None:
         if path == "-":
             raise OutputError("output in parts needs a directory, not stdout")
         return PartitionedOutput(path, part_format(_output_kind(path, fmt) or "jsonl",
-                                                   fsync=fsync, flush_rows=flush_rows),
+                                                   fsync=fsync, flush_rows=flush_rows,
+                                                   column_types=column_types),
                                  rows_per_file)
     kind = _output_kind(path, fmt)
     if kind == "jsonl":
@@ -230,7 +232,7 @@ def open_output(
     if kind == "parquet" and path != "-":
         from pipeline.parquet_output import ParquetOutput  # pyarrow: only when chosen
 
-        return ParquetOutput(path, flush_rows=flush_rows, fsync=fsync)
+        return ParquetOutput(path, flush_rows=flush_rows, fsync=fsync, column_types=column_types)
     if path == "-":
         raise OutputError("Parquet output cannot go to stdout: give a file path")
     accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
@@ -252,7 +254,8 @@ def _output_kind(path: str, fmt: str | None) -> str:
     return "parquet" if suffix in PARQUET_SUFFIXES else ""
 
 
-def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000) -> PartFormat:
+def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000,
+                column_types: Mapping[str, Any] | None = None) -> PartFormat:
     """How the parts of a partitioned output of ``kind`` (``jsonl``/``parquet``) are handled."""
     if kind in ("jsonl", "ndjson"):
         return PartFormat(
@@ -268,7 +271,8 @@ def part_format(kind: str, *, fsync: bool = False, flush_rows: int = 10_000) -> 
 
     return PartFormat(
         ".parquet",
-        open_part=lambda part: ParquetOutput(part, flush_rows=flush_rows, fsync=fsync),
+        open_part=lambda part: ParquetOutput(part, flush_rows=flush_rows, fsync=fsync,
+                                             column_types=column_types),
         read_keys=parquet_keys,
         leftovers=lambda part: [part + JOURNAL_SUFFIX])
 

@@ -25,7 +25,8 @@ json_leaf = st.none() | st.booleans() | st.integers(-2**62, 2**62) | text | \
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3)
                           | st.dictionaries(text, inner, max_size=3), max_leaves=8)
 rows = st.builds(
-    PromptRow, id=text.filter(bool), position=st.integers(0, 2**40), prompt=text,
+    PromptRow, id=text.filter(bool), id_value=st.none() | st.integers(-2**63, 2**63 - 1),
+    position=st.integers(0, 2**40), prompt=text,
     system=st.none() | text, keep=st.dictionaries(text, json_value, max_size=4),
     location=text,
     samples=st.none() | st.lists(st.integers(0, 100), max_size=4).map(tuple))
@@ -72,8 +73,14 @@ def test_a_failure_record_is_rebuilt_exactly(row: PromptRow, trace: RequestTrace
         {k: v for k, v in record.items() if k != "failed_at"}
 
 
-def test_kept_values_are_stored_as_the_writers_store_them() -> None:
+def test_kept_values_are_stored_as_the_writers_store_them_and_bytes_stay_bytes() -> None:
+    raw = {"raw": b"\xff\x00", "nested": [{"b": b"ok"}], "text": "/wA="}
     row = PromptRow("x", 0, "p", keep={"when": datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc),
-                                        "span": timedelta(seconds=90), "raw": b"\xff\x00"})
+                                        "span": timedelta(seconds=90), **raw})
     assert decode_row(encode_row(row)).keep == {"when": "2024-05-01T12:00:00+00:00",
-                                                 "span": 90.0, "raw": "/wA="}
+                                                 "span": 90.0, **raw}
+    trace = RequestTrace("0123456789ab")
+    kind, text_form = encode_result(Success(decode_row(encode_row(row)), "a", trace, 1, "m"))
+    rebuilt = decode_result(kind, text_form)
+    assert isinstance(rebuilt, Success)
+    assert {k: rebuilt.row.keep[k] for k in raw} == raw

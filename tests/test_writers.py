@@ -23,7 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import OutputError
-from pipeline.parquet_output import JSON_ENCODED, OUTPUT_SCHEMA, ParquetOutput
+from pipeline.parquet_output import OUTPUT_SCHEMA, ParquetOutput
+from pipeline.parquet_types import LEGACY_JSON, MIXED_TEXT
 from pipeline.records import encode_record
 from pipeline.writers import (
     JsonlAppender,
@@ -359,7 +360,7 @@ def test_parquet_journal_duplicates_are_merged_once(tmp_path: Path) -> None:
     assert table.column("completion").to_pylist() == ["first", "c1"]
 
 
-def test_parquet_conflicting_keep_types_become_json_text(tmp_path: Path) -> None:
+def test_parquet_conflicting_keep_types_become_text(tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     with ParquetOutput(str(path), flush_rows=2) as out:
         for i, value in enumerate([1, 2, 3, 4.5, None]):
@@ -370,15 +371,29 @@ def test_parquet_conflicting_keep_types_become_json_text(tmp_path: Path) -> None
         out.write(rec(9, mixed="text", extra=[1, 2]))
     table = pq.read_table(path)
     field = table.schema.field("mixed")
-    assert field.type == pa.string() and field.metadata == JSON_ENCODED
-    decoded = [None if v is None else json.loads(v) for v in table.column("mixed").to_pylist()]
-    assert decoded == [1, 2, 3, 4.5, None, "text"]
+    assert field.type == pa.string() and field.metadata == MIXED_TEXT
+    # Strings as they are (not '"text"'), other values as JSON text (here the doubles
+    # the column held before).
+    assert table.column("mixed").to_pylist() == ["1.0", "2.0", "3.0", "4.5", None, "text"]
     assert table.column("extra").to_pylist() == [None] * 5 + [[1, 2]]
-    with ParquetOutput(str(path)) as out:  # an already-JSON column is not encoded twice
+    with ParquetOutput(str(path)) as out:  # a text column stays text, nothing encoded twice
         out.write(rec(10, mixed={"k": 1}))
-    decoded = [None if v is None else json.loads(v)
-               for v in pq.read_table(path).column("mixed").to_pylist()]
-    assert decoded == [1, 2, 3, 4.5, None, "text", {"k": 1}]
+    assert pq.read_table(path).column("mixed").to_pylist() == \
+        ["1.0", "2.0", "3.0", "4.5", None, "text", '{"k": 1}']
+
+
+def test_parquet_json_text_column_of_an_earlier_version_becomes_plain_text(
+    tmp_path: Path
+) -> None:
+    path = tmp_path / "out.parquet"
+    schema = OUTPUT_SCHEMA.append(pa.field("mixed", pa.string(), metadata=LEGACY_JSON))
+    old = [{**rec(0), "mixed": "1"}, {**rec(1), "mixed": '"two"'}, {**rec(2), "mixed": None}]
+    pq.write_table(pa.Table.from_pylist(old, schema=schema), path)
+    with ParquetOutput(str(path)) as out:
+        out.write(rec(3, mixed=[3]))
+    table = pq.read_table(path)
+    assert table.schema.field("mixed").metadata == MIXED_TEXT
+    assert table.column("mixed").to_pylist() == ["1", "two", None, "[3]"]
 
 
 def test_parquet_large_merge_goes_by_batches(tmp_path: Path) -> None:
@@ -420,7 +435,7 @@ def test_parquet_corrupt_existing_output_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("id", None), ("id", 5), ("attempts", "2"), ("sample", True), ("completion", 3),
+    [("id", None), ("id", 1.5), ("id", True), ("attempts", "2"), ("sample", True), ("completion", 3),
      ("queue_ms", "1")],
 )
 def test_parquet_write_rejects_wrong_standard_types(tmp_path: Path, field: str, value: Any) -> None:
@@ -438,6 +453,6 @@ def test_parquet_empty_objects_and_lists_in_kept_columns(tmp_path: Path) -> None
     with ParquetOutput(str(path)) as out:  # list type read back from Parquet unifies again
         out.write(rec(1, meta={}, tags=[2, 3]))
     table = pq.read_table(path)
-    assert table.schema.field("meta").metadata == JSON_ENCODED
+    assert table.schema.field("meta").metadata == MIXED_TEXT
     assert table.column("meta").to_pylist() == ["{}", "{}"]
     assert table.column("tags").to_pylist() == [[1], [2, 3]]

@@ -10,11 +10,16 @@ writers, the summary and the progress bar see what they see on the local engine,
 
 JSON is written with ``ensure_ascii=True``: any Python string survives the trip,
 lone surrogates from a ``"\\ud800"`` escape in the input included (Arrow strings
-must be valid UTF-8, escaped JSON always is).
+must be valid UTF-8, escaped JSON always is). Kept bytes travel as base64 in a tagged
+object and come back as bytes, so a Parquet output keeps them exactly; other values
+JSON lacks (datetimes, decimals) travel as the writers store them, as text the
+Parquet merge reads back into the input's type.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -30,15 +35,45 @@ the endpoints are down (the run must stop, exit 4), or the worker's counters."""
 KINDS: tuple[str, ...] = ("ok", "error", "down", "stats")
 
 
+BYTES_TAG = "__qwen_batch_bytes__"
+"""The one key of the object that carries bytes (as base64) through the JSON text."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return {BYTES_TAG: base64.b64encode(obj).decode("ascii")}
+    return json_default(obj)
+
+
 def dumps(value: Any) -> str:
-    """Compact, ASCII-only JSON text; odd values (datetimes, bytes...) as the writers store them."""
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=json_default)
+    """Compact, ASCII-only JSON text; bytes tagged, other odd values (datetimes...) as the
+    writers store them."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_default)
+
+
+def _restore(value: Any) -> Any:
+    """A kept value back from JSON: tagged bytes are bytes again."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(BYTES_TAG), str):
+            try:
+                return base64.b64decode(value[BYTES_TAG], validate=True)
+            except (binascii.Error, ValueError):
+                return value
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def _keep(value: Any) -> dict[str, Any]:
+    return {k: _restore(v) for k, v in dict(value or {}).items()}
 
 
 def encode_row(row: PromptRow) -> str:
     """A PromptRow as JSON text (kept values JSON-encoded the way the output stores them)."""
     return dumps({
-        "id": row.id, "position": row.position, "prompt": row.prompt, "system": row.system,
+        "id": row.id, "id_value": row.id_value, "position": row.position, "prompt": row.prompt,
+        "system": row.system,
         "keep": row.keep, "location": row.location,
         "samples": list(row.samples) if row.samples is not None else None,
     })
@@ -50,9 +85,11 @@ def decode_row(text: str) -> PromptRow:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise ValueError("not an encoded prompt row")
     samples = data.get("samples")
+    id_value = data.get("id_value")
     return PromptRow(
-        id=data["id"], position=int(data["position"]), prompt=str(data["prompt"]),
-        system=data.get("system"), keep=dict(data.get("keep") or {}),
+        id=data["id"], id_value=int(id_value) if id_value is not None else None,
+        position=int(data["position"]), prompt=str(data["prompt"]),
+        system=data.get("system"), keep=_keep(data.get("keep")),
         location=str(data.get("location") or ""),
         samples=tuple(int(s) for s in samples) if samples is not None else None,
     )
@@ -82,9 +119,12 @@ def success_from_record(record: Mapping[str, Any]) -> Success:
     Every key that is not a standard field is a kept column, already renamed: as
     keys that are not standard they come out of ``success_record`` unchanged.
     """
-    keep = {k: v for k, v in record.items() if k not in STANDARD_FIELDS}
+    keep = _keep({k: v for k, v in record.items() if k not in STANDARD_FIELDS})
     position = record.get("position")
-    row = PromptRow(id=str(record["id"]), position=-1 if position is None else int(position),
+    row_id = record["id"]
+    integer = isinstance(row_id, int) and not isinstance(row_id, bool)
+    row = PromptRow(id=str(row_id), id_value=row_id if integer else None,
+                    position=-1 if position is None else int(position),
                     prompt=record["prompt"],
                     system=record.get("system"), keep=keep)
     trace = RequestTrace(
