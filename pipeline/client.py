@@ -47,9 +47,19 @@ from .space_config import DEFAULT_SPACE_INFO, SpaceInfo, parse_space_config
 from .sse import SSEDecoder
 
 if sys.version_info >= (3, 11):
-    from asyncio import timeout_at
+    from asyncio import Timeout, timeout_at
+
+    _reschedule = Timeout.reschedule
 else:  # pragma: no cover - exercised on 3.10 only
     from async_timeout import timeout_at
+
+    def _reschedule(timeout: Any, when: float | None) -> None:
+        """``asyncio.Timeout.reschedule`` for async_timeout's Timeout, which spells it
+        ``update(when)`` / ``reject()``."""
+        if when is None:
+            timeout.reject()
+        else:
+            timeout.update(when)
 
 __all__ = ["DEFAULT_URL", "GradioQueueClient", "Timeouts", "new_session_hash"]
 
@@ -425,7 +435,7 @@ class GradioQueueClient:
                         when = min(deadline, loop.time() + read)
                         if last_text:
                             when = min(when, last_text + idle)
-                        timeout.reschedule(when)
+                        _reschedule(timeout, when)
                         chunk = await content.readany()
                         if not chunk:
                             decoder.close()
@@ -448,7 +458,7 @@ class GradioQueueClient:
                                         f"answer longer than {max_chars} characters"
                                     )
                                 if delta:
-                                    timeout.reschedule(None)
+                                    _reschedule(timeout, None)
                                     yield delta
                             if tracker.queue_rank is not None and (
                                     trace.queue_rank is None or tracker.queue_rank > trace.queue_rank):
