@@ -39,7 +39,10 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def python_exe() -> str:
-    """The interpreter that runs the clients: the project's venv if present, else this one."""
+    """The interpreter that runs the clients: this one when it runs in a venv (its own
+    packages are the ones under test), else the project's .venv if present, else this one."""
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
     venv = REPO / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
 

@@ -33,6 +33,19 @@ def space() -> Iterator[common.FakeSpaceProc]:
         yield running
 
 
+def test_clients_run_under_the_venv_running_the_tests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second venv (e.g. .ci/lowest-deps.sh's) must test its own packages, not those of
+    # the checkout's .venv that happens to sit beside it; outside any venv, .venv is used.
+    beside = tmp_path / ".venv" / "bin" / "python"
+    beside.parent.mkdir(parents=True)
+    beside.touch()
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix + "-base")
+    assert common.python_exe() == sys.executable
+    monkeypatch.setattr(sys, "base_prefix", sys.prefix)
+    assert common.python_exe() == str(beside)
+
+
 def test_verdict_logic() -> None:
     assert check_regression.verdict([(1.0, 1.0)], 0.9) == (1.0, True)
     ratio, passed = check_regression.verdict([(1.0, 1.25), (1.0, 1.2), (1.0, 1.3)], 0.9)
