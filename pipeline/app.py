@@ -239,7 +239,7 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                 summary.note_state(state)
                 progress.close()
         read_upto = counters.records
-        await _count_remaining(rows, counters, summary, options.samples, stop)
+        await _count_remaining(rows, counters, summary, options, fmt, done_keys, stop)
         errors_sink.close()
         errors_sink = None
         output.close()
@@ -251,27 +251,49 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
         output.close()  # safe twice; on an error the journal keeps every finished row
 
 
+DRAIN_BUDGET = 1.0
+"""Seconds spent planning the unread input to count what remains exactly (about 30,000
+rows a second); past it, the rest is estimated from a row count (see _count_remaining)."""
+
+
 async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSummary,
-                           samples: int, stop: asyncio.Event) -> None:
+                           options: RunOptions, fmt: str, done_keys: int,
+                           stop: asyncio.Event) -> None:
     """Set the rows and jobs left for the next run, when the run ended by itself.
 
     Left are the planned jobs that did not end (a deadline) and the rows of the unread
-    part of the input that still need work (a ``--limit``, a deadline): that part is read
-    and planned here, without a request, so the count is exact. A stopped run (Ctrl-C,
-    stalled, endpoint down) leaves them None: not counted.
+    part of the input that still need work (a ``--limit``, a deadline). That part is
+    read and planned here without a request, for up to DRAIN_BUDGET seconds; a longer
+    input is estimated from its row count instead (``remaining_estimated``), or left
+    uncounted (None) when it has none (stdin, compressed, CSV). A stopped run (Ctrl-C,
+    stalled, endpoint down) leaves them None too.
     """
     if summary.interrupted or summary.stalled or summary.endpoint_down:
         return
+    samples = options.samples
     rows = jobs = 0
     if not counters.exhausted:
-        for count, item in enumerate(plan.rest(), 1):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + DRAIN_BUDGET
+        rest = plan.rest()
+        for count, item in enumerate(rest, 1):
             if isinstance(item, PromptRow):
                 rows += 1
                 jobs += len(item.samples) if item.samples else samples
-            if count % 4096 == 0:
+            if count % 1024 == 0:
                 await asyncio.sleep(0)  # a Ctrl-C during a long count stops it
                 if stop.is_set():
                     return
+                if loop.time() > give_up:
+                    break
+        if not counters.exhausted:
+            input_rows = _count_rows(options.input, fmt)
+            if input_rows is None:
+                return
+            more_rows, more_jobs = counters.unread_estimate(input_rows, samples=samples,
+                                                            done_keys=done_keys)
+            rows, jobs = rows + more_rows, jobs + more_jobs
+            summary.remaining_estimated = True
     summary.rows_remaining = summary.rows_to_do - summary.rows_done - summary.rows_failed + rows
     summary.remaining = summary.jobs_to_do - summary.succeeded - summary.failed + jobs
 

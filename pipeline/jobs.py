@@ -102,11 +102,22 @@ class PlanCounters:
             return self.jobs
         if input_rows is None:
             return None
-        unread = max(input_rows - self.records, 0) * samples
-        unread = max(unread - max(done_keys - self.done_jobs, 0), 0)
+        _, unread = self.unread_estimate(input_rows, samples=samples, done_keys=done_keys)
         if limit is not None:
             unread = min(unread, max(limit - self.queued, 0) * samples)
         return self.jobs + unread
+
+    def unread_estimate(self, input_rows: int, *, samples: int, done_keys: int
+                        ) -> tuple[int, int]:
+        """Rows and jobs still to do in the part of the input not read yet, estimated.
+
+        Each unread row is taken as to do, less the done keys not met yet (``samples``
+        of them a row); bad or duplicate rows ahead make it too high.
+        """
+        unread_rows = max(input_rows - self.records, 0)
+        unmet = max(done_keys - self.done_jobs, 0)
+        return (max(unread_rows - unmet // samples, 0),
+                max(unread_rows * samples - unmet, 0))
 
 
 class Plan(Iterator[PromptRow | Failure]):

@@ -73,6 +73,8 @@ class RunSummary:
     rows_failed: int = 0
     """Rows with a failed job, once all their jobs ended."""
     rows_remaining: int | None = None
+    remaining_estimated: bool = False
+    """``remaining`` counts the unread input from a row count, not by planning it."""
     interrupted: bool = False
     endpoint_down: str | None = None
     stalled: str | None = None
@@ -152,6 +154,7 @@ class RunSummary:
             "skipped_already_done": self.skipped_done,
             "retries": self.retries,
             "remaining": self.remaining,
+            "remaining_estimated": self.remaining_estimated,
             "rows": {
                 "read": self.input_errors + self.skipped_done + self.rows_to_do,
                 "bad_input": self.input_errors,
@@ -223,8 +226,11 @@ class RunSummary:
                 f"  retries     {self.retries}",
             ]
             if self.remaining is not None:
-                lines.append(f"  remaining   {count(self.rows_remaining or 0, self.remaining)}"
-                             + (" (left for the next run)" if self.remaining else ""))
+                about = "~" if self.remaining_estimated else ""
+                lines.append(f"  remaining   {about}{count(self.rows_remaining or 0, self.remaining)}"
+                             + (" (left for the next run" if self.remaining else "")
+                             + ("; estimated from a row count)" if self.remaining_estimated
+                                else ")" if self.remaining else ""))
         if self.concurrency and not self.nothing_to_do:
             c = self.concurrency
             lines.append(f"  concurrency {c['final']} of {c['ceiling']} at the end, lowest "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import pipeline.app as app
 from pipeline.app import RunOptions, run
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
@@ -122,3 +124,36 @@ async def test_nothing_to_do_says_so(tmp_path: Path, space: RunningFakeSpace) ->
     assert "  nothing to do: all 4 rows already done" in text.splitlines()
     assert "throughput" not in text and "rows/s" not in text
     assert again.summary.to_dict()["rows"]["already_done"] == 4
+
+
+async def test_a_long_rest_of_the_input_is_estimated_from_its_row_count(
+    tmp_path: Path, space: RunningFakeSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Planning the unread rest costs about a second per 30,000 rows: past the budget the
+    # rest is estimated from the row count, and the summary says so.
+    monkeypatch.setattr(app, "DRAIN_BUDGET", 0.0)
+    source = write_input(tmp_path / "in.jsonl", [f"q {i}" for i in range(3000)])
+    with source.open("a") as handle:
+        handle.write("not json\n" * 10)  # bad rows ahead: the estimate counts them as to do
+    outcome = await run(options(tmp_path, space, source, limit=5))
+    s = outcome.summary
+    assert s.remaining_estimated is True
+    assert (s.rows_remaining, s.remaining) == (3005, 3005)  # exact would be 2995
+    assert "  remaining   ~3005 rows (left for the next run; estimated from a row count)" in \
+        s.render().splitlines()
+    assert s.to_dict()["remaining_estimated"] is True
+    monkeypatch.setattr(app, "DRAIN_BUDGET", 60.0)
+    exact = await run(options(tmp_path, space, source, limit=5))
+    assert (exact.summary.remaining, exact.summary.remaining_estimated) == (2990, False)
+
+
+async def test_an_input_without_a_row_count_leaves_a_long_rest_uncounted(
+    tmp_path: Path, space: RunningFakeSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "DRAIN_BUDGET", 0.0)
+    source = tmp_path / "in.jsonl.gz"
+    source.write_bytes(gzip.compress(write_input(tmp_path / "plain.jsonl",
+                                                 [f"q {i}" for i in range(3000)]).read_bytes()))
+    outcome = await run(options(tmp_path, space, source, limit=5))
+    assert outcome.exit_code == 0 and outcome.summary.succeeded == 5
+    assert outcome.summary.remaining is None and "remaining" not in outcome.summary.render()
