@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pty_screen import BAR, capture_run
 
 from pipeline.errors import InputError, InputFileError
 from pipeline.jobs import KeySet, PlanCounters, plan_rows
@@ -187,3 +188,21 @@ async def test_ticking_redraws_while_the_block_runs() -> None:
                 break
     assert "1/4" in _screen(stream)
     progress.close()
+
+
+# -- the screen --------------------------------------------------------------------------------
+
+
+def test_a_screenshot_mid_run_shows_done_failed_retries_and_the_level(tmp_path: Path) -> None:
+    # The real command on a pseudo-terminal against a slow fake Space (see tests/pty_screen.py,
+    # which also writes docs/progress.txt): 40 rows, one failing for good, three retried.
+    capture = capture_run(tmp_path)
+    match = BAR.search(capture.mid_run)
+    assert match is not None, capture.mid_run
+    n, total, done, failed, retries, level, ceiling = (int(match.group(i)) for i in range(2, 9))
+    assert total == 40 and 20 <= n < 40 and done + failed == n
+    assert failed == 1 and retries >= 3 and 1 <= level <= ceiling == 4
+    assert capture.exit_code == 3  # a row failed
+    final = next(line for line in capture.final if line.startswith("qwen-batch: 100%"))
+    assert "40/40, done=39 failed=1 retries=4" in final, capture.final
+    assert "  failed      1 row (app_error 1)" in capture.final
