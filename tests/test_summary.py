@@ -137,8 +137,9 @@ def test_to_json_has_the_documented_keys() -> None:
     data = json.loads(sample_summary().to_json())
     assert set(data) == {
         "succeeded", "failed", "input_errors", "skipped_already_done", "retries", "remaining",
-        "remaining_estimated", "rows", "jobs", "interrupted", "endpoint_down", "stalled", "elapsed_s", "throughput_per_s", "latency_ms",
-        "ttft_ms", "queue_ms", "errors_by_type", "output", "errors_file", "deadline_hit",
+        "remaining_estimated", "rows", "jobs", "interrupted", "endpoint_down", "stalled",
+        "elapsed_s", "throughput_per_s", "latency_ms", "ttft_ms", "queue_ms", "errors_by_type",
+        "output", "errors_file", "deadline_hit",
         "concurrency", "endpoints",
     }
     assert data["succeeded"] == 4 and data["failed"] == 3 and data["input_errors"] == 2
