@@ -22,7 +22,7 @@ from .columns import Records, close_records, open_checked_input, output_types
 from .engines import open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, InputError, OutputError
-from .jobs import KeySet, PlanCounters, plan_rows
+from .jobs import KeySet, Plan, PlanCounters, plan_rows
 from .lock import OutputLock
 from .models import Failure, PromptRow, RawRecord, Success, iso_utc, utc_now
 from .partitioned import remove_parts
@@ -139,7 +139,11 @@ def _remove_outputs(options: RunOptions) -> None:
 
 
 def _count_rows(path: str, fmt: str) -> int | None:
-    """Rows in the input, for the progress bar's ETA; None when unknown or too costly."""
+    """Rows in the input, for the progress bar's total; None when unknown or too costly.
+
+    A bounded pre-pass (see :func:`pipeline.readers.count_rows`): Parquet footers, the
+    non-blank lines of a plain JSONL file; nothing for stdin, compressed or CSV input.
+    """
     return count_rows(path, fmt)
 
 
@@ -187,9 +191,16 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
             connect_grace=options.connect_grace,
         )
         state = BatchState()
-        total = _count_rows(options.input, fmt) if options.progress else None
-        progress = Progress(options.progress, total * options.samples if total else None,
-                            state)
+        # The bar's total is the jobs the plan will send: from a row count before the run
+        # (only when the bar shows), corrected by the plan as it reads (PlanCounters).
+        input_rows = _count_rows(options.input, fmt) if options.progress else None
+        done_keys = len(done)
+
+        def total() -> int | None:
+            return counters.expected_jobs(input_rows, samples=options.samples,
+                                          done_keys=done_keys, limit=options.limit)
+
+        progress = Progress(options.progress, state, total)
         window = watchdog_window(options)
 
         def moved() -> tuple[int, ...]:
@@ -200,13 +211,10 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
             summary.stalled = message
 
         async with Watchdog(window, moved, stop, stuck, grace=min(window, WATCHDOG_GRACE)), \
-                open_engine(options, rows, settings, stop, state) as results:
+                open_engine(options, rows, settings, stop, state) as results, \
+                progress.ticking():
             try:
-                skipped = 0
                 async for result in results:
-                    if counters.skipped_done != skipped:
-                        progress.skip((counters.skipped_done - skipped) * options.samples)
-                        skipped = counters.skipped_done
                     if isinstance(result, Success):
                         output.write(success_record(result))
                         key = (result.row.id, result.sample)
@@ -228,11 +236,12 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                     await results.aclose()
                 summary.retries = state.retries
                 summary.skipped_done = counters.skipped_done
+                summary.rows_to_do, summary.jobs_to_do = counters.queued, counters.jobs
+                summary.jobs_skipped = counters.done_jobs
                 summary.note_state(state)
                 progress.close()
         read_upto = counters.records
-        if state.deadline_hit:
-            summary.remaining = state.unfinished + _count_remaining(rows, options.samples)
+        await _count_remaining(rows, counters, summary, options, fmt, done_keys, stop)
         errors_sink.close()
         errors_sink = None
         output.close()
@@ -244,13 +253,51 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
         output.close()  # safe twice; on an error the journal keeps every finished row
 
 
-def _count_remaining(rows: Iterator[PromptRow | Failure], samples: int) -> int:
-    """Jobs still to do in the unread part of the input (read, not run)."""
-    count = 0
-    for item in rows:
-        if isinstance(item, PromptRow):
-            count += len(item.samples) if item.samples else samples
-    return count
+DRAIN_BUDGET = 1.0
+"""Seconds spent planning the unread input to count what remains exactly (about 30,000
+rows a second); past it, the rest is estimated from a row count (see _count_remaining)."""
+
+
+async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSummary,
+                           options: RunOptions, fmt: str, done_keys: int,
+                           stop: asyncio.Event) -> None:
+    """Set the rows and jobs left for the next run, when the run ended by itself.
+
+    Left are the planned jobs that did not end (a deadline) and the rows of the unread
+    part of the input that still need work (a ``--limit``, a deadline). That part is
+    read and planned here without a request, for up to DRAIN_BUDGET seconds; a longer
+    input is estimated from its row count instead (``remaining_estimated``), or left
+    uncounted (None) when it has none (stdin, compressed, CSV). A stopped run (Ctrl-C,
+    stalled, endpoint down) leaves them None too.
+    """
+    if summary.interrupted or summary.stalled or summary.endpoint_down:
+        return
+    samples = options.samples
+    rows = jobs = 0
+    if not counters.exhausted:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + DRAIN_BUDGET
+        rest = plan.rest()
+        for count, item in enumerate(rest, 1):
+            if isinstance(item, PromptRow):
+                rows += 1
+                jobs += len(item.samples) if item.samples else samples
+            if count % 1024 == 0:
+                await asyncio.sleep(0)  # a Ctrl-C during a long count stops it
+                if stop.is_set():
+                    return
+                if loop.time() > give_up:
+                    break
+        if not counters.exhausted:
+            input_rows = _count_rows(options.input, fmt)
+            if input_rows is None:
+                return
+            more_rows, more_jobs = counters.unread_estimate(input_rows, samples=samples,
+                                                            done_keys=done_keys)
+            rows, jobs = rows + more_rows, jobs + more_jobs
+            summary.remaining_estimated = True
+    summary.rows_remaining = summary.rows_to_do - summary.rows_done - summary.rows_failed + rows
+    summary.remaining = summary.jobs_to_do - summary.succeeded - summary.failed + jobs
 
 
 def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]:
@@ -280,7 +327,8 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
 
 async def run(options: RunOptions) -> RunOutcome:
     """Run one batch job; the exit code says how it ended (see the README's table)."""
-    summary = RunSummary(output=options.output, errors_file=options.errors)
+    summary = RunSummary(output=options.output, errors_file=options.errors,
+                         samples=options.samples)
     pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()

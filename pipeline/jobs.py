@@ -72,13 +72,100 @@ class RowIds:
 
 @dataclass
 class PlanCounters:
-    """What :func:`plan_rows` saw, for the summary and the progress bar."""
+    """What :func:`plan_rows` saw, for the summary and the progress bar.
+
+    Rows: every record read is bad input, already done, or queued (the one a limit
+    held back is read but none of these). Jobs are rows times samples: ``jobs`` queued
+    and ``done_jobs`` (samples of the rows read that are already in the output).
+    """
 
     records: int = 0
     skipped_done: int = 0
     input_errors: int = 0
     queued: int = 0
     limited: bool = False
+    jobs: int = 0
+    done_jobs: int = 0
+    exhausted: bool = False
+    """The input was read to its end: ``queued`` and ``jobs`` are final."""
+
+    def expected_jobs(self, input_rows: int | None, *, samples: int, done_keys: int,
+                      limit: int | None) -> int | None:
+        """The jobs this run will send: exact once the plan has ended, else an estimate.
+
+        ``input_rows`` is the input's row count from a cheap pre-pass (None: unknown),
+        ``done_keys`` the ``(id, sample)`` keys of the output. The rows not read yet are
+        taken as ``samples`` jobs each, less the done keys not met yet, capped by what
+        ``limit`` leaves; bad rows ahead are the only error, and each read corrects it.
+        """
+        if self.exhausted or self.limited:
+            return self.jobs
+        if input_rows is None:
+            return None
+        _, unread = self.unread_estimate(input_rows, samples=samples, done_keys=done_keys)
+        if limit is not None:
+            unread = min(unread, max(limit - self.queued, 0) * samples)
+        return self.jobs + unread
+
+    def unread_estimate(self, input_rows: int, *, samples: int, done_keys: int
+                        ) -> tuple[int, int]:
+        """Rows and jobs still to do in the part of the input not read yet, estimated.
+
+        Each unread row is taken as to do, less the done keys not met yet (``samples``
+        of them a row); bad or duplicate rows ahead make it too high.
+        """
+        unread_rows = max(input_rows - self.records, 0)
+        unmet = max(done_keys - self.done_jobs, 0)
+        return (max(unread_rows - unmet // samples, 0),
+                max(unread_rows * samples - unmet, 0))
+
+
+class Plan(Iterator[PromptRow | Failure]):
+    """The rows a run must do (see :func:`plan_rows`), and :meth:`rest` past a limit."""
+
+    def __init__(self, items: Iterator[PromptRow | Failure], *, samples: int,
+                 limit: int | None, counters: PlanCounters) -> None:
+        self._items = items
+        self._samples = samples
+        self._limit = limit
+        self._counters = counters
+        self._queued = 0  # this plan's own: a caller may pass counters already filled
+        self._held: PromptRow | None = None
+        self._limited = False
+
+    def __iter__(self) -> Plan:
+        return self
+
+    def __next__(self) -> PromptRow | Failure:
+        if self._limited:
+            raise StopIteration
+        item = next(self._items)
+        if isinstance(item, PromptRow):
+            if self._limit is not None and self._queued >= self._limit:
+                self._held, self._limited = item, True
+                self._counters.limited = True
+                raise StopIteration
+            self._queued += 1
+            self._counters.queued += 1
+            self._counters.jobs += len(item.samples) if item.samples else self._samples
+        return item
+
+    def rest(self) -> Iterator[PromptRow | Failure]:
+        """What is left after the limit (or a stop), planned the same way but not counted.
+
+        For counting what remains: the rows come from the same reader, ids and done set,
+        so duplicates and numbered ids stay what they would be in the next run.
+        """
+        if self._held is not None:
+            held, self._held = self._held, None
+            yield held
+        yield from self._items
+
+    def close(self) -> None:
+        """Stop planning (the records stay open: they are the caller's to close)."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
 
 
 def plan_rows(
@@ -89,7 +176,7 @@ def plan_rows(
     samples: int = 1,
     limit: int | None = None,
     counters: PlanCounters | None = None,
-) -> Iterator[PromptRow | Failure]:
+) -> Plan:
     """Yield the rows still to do and an input :class:`Failure` for each bad record.
 
     A row whose samples are all in ``done`` is skipped; a partly done row carries
@@ -99,11 +186,20 @@ def plan_rows(
     don't count), so ``--limit 100`` runs walk through a file 100 rows at a time.
     """
     counters = counters or PlanCounters()
+    return Plan(_plan(records, spec, done, samples, counters), samples=samples, limit=limit,
+                counters=counters)
+
+
+def _plan(
+    records: Iterable[RawRecord | InputError],
+    spec: RowSpec,
+    done: KeySet,
+    samples: int,
+    counters: PlanCounters,
+) -> Iterator[PromptRow | Failure]:
     ids = RowIds()
-    queued = 0
     # Every item, good or bad, takes the next input position (see read_records). The
-    # plan counts positions and queued rows itself: ``counters`` is only a report, and a
-    # caller may pass one in already filled.
+    # plan counts positions itself: ``counters`` is only a report.
     for position, item in enumerate(records):
         counters.records += 1
         if isinstance(item, InputError):
@@ -126,15 +222,12 @@ def plan_rows(
         if row_id != row.id:
             row = replace(row, id=row_id)
         missing = tuple(s for s in range(samples) if (row.id, s) not in done)
+        counters.done_jobs += samples - len(missing)
         if not missing:
             counters.skipped_done += 1
             continue
-        if limit is not None and queued >= limit:
-            counters.limited = True
-            return
-        queued += 1
-        counters.queued += 1
         yield row if len(missing) == samples else replace(row, samples=missing)
+    counters.exhausted = True
 
 
 def _row_id(record: RawRecord, spec: RowSpec) -> str | None:

@@ -11,6 +11,7 @@ import gzip
 import itertools
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
@@ -132,8 +133,8 @@ def _require_rows(
 def count_rows(path: str, fmt: str) -> int | None:
     """Rows in the input, for the progress bar; None when unknown or too costly to count.
 
-    Parquet files and datasets say it in their footers; plain JSONL is counted by
-    newlines up to 4 GiB; compressed and CSV/TSV inputs are not counted (a second
+    Parquet files and datasets say it in their footers; plain JSONL up to 4 GiB is
+    counted by its non-blank lines (:func:`count_jsonl_rows`); compressed and CSV/TSV inputs are not counted (a second
     decompression, or quoted newlines, would make it cost or lie).
     """
     if path == "-" or compression_of(path) is not None or fmt in ("csv", "tsv"):
@@ -145,14 +146,40 @@ def count_rows(path: str, fmt: str) -> int | None:
             return readers_arrow.parquet_row_count(path)
         if os.path.getsize(path) > 4 << 30:
             return None
-        count, last = 0, b"\n"
         with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                count += block.count(b"\n")
-                last = block[-1:]
-        return count + (last != b"\n")
+            return count_jsonl_rows(handle)
     except (OSError, ValueError):
         return None
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t\r\x0b\x0c]*(?=\n)")
+"""A newline that starts a line of whitespace only (the lookahead lets blank lines chain)."""
+
+
+def count_jsonl_rows(handle: BinaryIO, block_size: int = 1 << 20) -> int:
+    """The rows :func:`read_records` finds in a JSONL stream: its lines less the blank ones.
+
+    Counted by blocks with C-speed scans (``count`` and a regex anchored on newlines),
+    never a Python loop per line: about as fast as the disk.
+    """
+    count = 0
+    open_blank = True  # the line read so far is empty or whitespace only
+    first = True
+    while block := handle.read(block_size):
+        if first and block.startswith(_BOM):
+            block = block[len(_BOM):]  # as the reader does on line 1
+        first = False
+        start = block.find(b"\n")
+        if start < 0:
+            open_blank = open_blank and not block.strip()
+            continue
+        if not (open_blank and not block[:start].strip()):
+            count += 1  # the line open before this block ends here
+        end = block.rfind(b"\n")
+        inner = block[start:end + 1]  # whole lines, each between two newlines
+        count += inner.count(b"\n") - 1 - len(_BLANK_LINE.findall(inner))
+        open_blank = not block[end + 1:].strip()
+    return count + (not open_blank)
 
 
 def _open_jsonl(path: str, limit: int, stdin: BinaryIO | None) -> Iterator[RawRecord | InputError]:

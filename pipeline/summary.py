@@ -51,11 +51,30 @@ class RunSummary:
     """What a run did; filled in as results arrive."""
 
     succeeded: int = 0
+    """Jobs done (a job is one row's one sample; rows × samples jobs in all)."""
     failed: int = 0
+    """Jobs failed (requests, not bad input)."""
     input_errors: int = 0
+    """Rows of bad input (never sent)."""
     skipped_done: int = 0
+    """Rows already done in the output (every sample), skipped."""
     retries: int = 0
     remaining: int | None = None
+    """Jobs left for the next run: counted when the run ended by itself (0 when it read
+    the input to its end, more after ``--limit`` or ``--deadline``); None when stopped."""
+    samples: int = 1
+    rows_to_do: int = 0
+    """Rows planned for requests in this run (partly done rows included)."""
+    jobs_to_do: int = 0
+    jobs_skipped: int = 0
+    """Samples already in the output, of skipped and partly done rows."""
+    rows_done: int = 0
+    """Rows whose every job in this run succeeded."""
+    rows_failed: int = 0
+    """Rows with a failed job, once all their jobs ended."""
+    rows_remaining: int | None = None
+    remaining_estimated: bool = False
+    """``remaining`` counts the unread input from a row count, not by planning it."""
     interrupted: bool = False
     endpoint_down: str | None = None
     stalled: str | None = None
@@ -70,6 +89,8 @@ class RunSummary:
     latency: Reservoir = field(default_factory=Reservoir)
     ttft: Reservoir = field(default_factory=Reservoir)
     queue: Reservoir = field(default_factory=Reservoir)
+    _open_rows: dict[int, tuple[int, bool]] = field(default_factory=dict, repr=False)
+    """Rows with jobs still out: jobs left and whether one failed (bounded by the window)."""
 
     def add(self, result: Result) -> None:
         if isinstance(result, Success):
@@ -77,13 +98,39 @@ class RunSummary:
             self.latency.add(result.trace.duration_ms)
             self.ttft.add(result.trace.ttft_ms)
             self.queue.add(result.trace.queue_ms)
+            self._job_ended(result, ok=True)
             return
         assert isinstance(result, Failure)
         if result.row is None:
             self.input_errors += 1
         else:
             self.failed += 1
+            self._job_ended(result, ok=False)
         self.errors_by_type[result.error_type] = self.errors_by_type.get(result.error_type, 0) + 1
+
+    def _job_ended(self, result: Success | Failure, *, ok: bool) -> None:
+        row = result.row
+        assert row is not None
+        jobs = len(row.samples) if row.samples else self.samples
+        if jobs > 1:
+            left, failed = self._open_rows.get(row.position, (jobs, False))
+            left, failed = left - 1, failed or not ok
+            if left > 0:
+                self._open_rows[row.position] = (left, failed)
+                return
+            self._open_rows.pop(row.position, None)
+            ok = not failed
+        if ok:
+            self.rows_done += 1
+        else:
+            self.rows_failed += 1
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """The run ended by itself with no row to send (all done before, or bad input)."""
+        return (self.rows_to_do == 0 and self.succeeded == self.failed == 0
+                and not self.remaining and not self.interrupted
+                and not self.stalled and not self.endpoint_down)
 
     def note_state(self, state: Any) -> None:
         """Copy the run's concurrency trace and endpoint health from a BatchState."""
@@ -107,6 +154,25 @@ class RunSummary:
             "skipped_already_done": self.skipped_done,
             "retries": self.retries,
             "remaining": self.remaining,
+            "remaining_estimated": self.remaining_estimated,
+            "rows": {
+                "read": self.input_errors + self.skipped_done + self.rows_to_do,
+                "bad_input": self.input_errors,
+                "already_done": self.skipped_done,
+                "to_do": self.rows_to_do,
+                "done": self.rows_done,
+                "failed": self.rows_failed,
+                "remaining": self.rows_remaining,
+            },
+            "jobs": {
+                "samples_per_row": self.samples,
+                "already_done": self.jobs_skipped,
+                "to_do": self.jobs_to_do,
+                "done": self.succeeded,
+                "failed": self.failed,
+                "retries": self.retries,
+                "remaining": self.remaining,
+            },
             "interrupted": self.interrupted,
             "endpoint_down": self.endpoint_down,
             "stalled": self.stalled,
@@ -138,19 +204,34 @@ class RunSummary:
         # Bad input has its own line; the breakdown of "failed" covers what it counts.
         failed_by_type = {k: v for k, v in d["errors_by_type"].items()
                           if k != InputError.error_type}
-        lines = [
-            "qwen-batch summary",
-            f"  done        {self.succeeded}",
-            f"  failed      {self.failed}" + (
-                " (" + ", ".join(f"{k} {v}" for k, v in failed_by_type.items()) + ")"
-                if failed_by_type else ""),
-            f"  bad input   {self.input_errors}",
-            f"  skipped     {self.skipped_done} (already in the output)",
-            f"  retries     {self.retries}",
-        ]
-        if self.remaining is not None:
-            lines.append(f"  remaining   {self.remaining} (left for the next run)")
-        if self.concurrency:
+        count = self._counts
+        lines = ["qwen-batch summary"]
+        if self.nothing_to_do:
+            if self.input_errors:
+                done = f"{_n(self.skipped_done, 'row')} already done, " if self.skipped_done else ""
+                lines.append(f"  nothing to send: {done}{_n(self.input_errors, 'row')} of bad "
+                             "input (see the errors file)")
+            else:
+                lines.append(f"  nothing to do: all {_n(self.skipped_done, 'row')} already done")
+        else:
+            lines += [
+                f"  to do       {count(self.rows_to_do, self.jobs_to_do)}",
+                f"  done        {count(self.rows_done, self.succeeded)}",
+                f"  failed      {count(self.rows_failed, self.failed)}" + (
+                    " (" + ", ".join(f"{k} {v}" for k, v in failed_by_type.items()) + ")"
+                    if failed_by_type else ""),
+                f"  bad input   {_n(self.input_errors, 'row')}",
+                f"  skipped     {count(self.skipped_done, self.jobs_skipped)} "
+                "(already in the output)",
+                f"  retries     {self.retries}",
+            ]
+            if self.remaining is not None:
+                about = "~" if self.remaining_estimated else ""
+                lines.append(f"  remaining   {about}{count(self.rows_remaining or 0, self.remaining)}"
+                             + (" (left for the next run" if self.remaining else "")
+                             + ("; estimated from a row count)" if self.remaining_estimated
+                                else ")" if self.remaining else ""))
+        if self.concurrency and not self.nothing_to_do:
             c = self.concurrency
             lines.append(f"  concurrency {c['final']} of {c['ceiling']} at the end, lowest "
                          f"{c['lowest']}, {c['cuts']} cuts" + ("" if c["adaptive"] else " (fixed)"))
@@ -159,11 +240,15 @@ class RunSummary:
                 lines.append(f"  endpoint    {ep['url']}: {ep['served']} served, "
                              f"{ep['failed']} failed, {ep['state']}")
         rate = d["throughput_per_s"]
+        unit = "rows/s" if self.samples == 1 else "jobs/s"
+        if not self.nothing_to_do:
+            lines += [
+                f"  latency     {ms(d['latency_ms'])}",
+                f"  first token {ms(d['ttft_ms'])}",
+                f"  throughput  {rate:.2f} {unit} over {self.elapsed_s:.1f} s" if rate is not None
+                else f"  elapsed     {self.elapsed_s:.1f} s",
+            ]
         lines += [
-            f"  latency     {ms(d['latency_ms'])}",
-            f"  first token {ms(d['ttft_ms'])}",
-            f"  throughput  {rate:.2f} rows/s over {self.elapsed_s:.1f} s" if rate is not None
-            else f"  elapsed     {self.elapsed_s:.1f} s",
             f"  output      {self.output}",
             f"  errors      {self.errors_file}",
         ]
@@ -174,6 +259,16 @@ class RunSummary:
         if self.endpoint_down:
             lines.append(f"  STOPPED EARLY, endpoint failing: {self.endpoint_down}")
         return "\n".join(lines)
+
+
+    def _counts(self, rows: int, jobs: int) -> str:
+        """``N rows``, and ``, M jobs`` when a row has several samples."""
+        text = _n(rows, "row")
+        return text if self.samples == 1 else f"{text}, {_n(jobs, 'job')}"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _round(value: float | None) -> float | None:

@@ -262,7 +262,7 @@ def test_sigkill_mid_run_then_resume_finishes_each_row_once(
     code, stderr = run_to_end(runs, cmd, tmp_path)
     assert code == 0, stderr
     assert f"skipped     {len(saved)} " in stderr, stderr
-    assert f"done        {len(prompts) - len(saved)}\n" in stderr, stderr
+    assert f"done        {len(prompts) - len(saved)} row" in stderr, stderr
     if suffix == "parquet":
         table = pq.read_table(output)
         assert_complete(table.to_pylist(), prompts)
@@ -309,7 +309,7 @@ def test_signal_stops_with_130_and_summary_then_rerun_completes(
         saved_records = whole_lines(output)
     assert_partial(saved_records, prompts)
     saved = {r["id"] for r in saved_records}
-    assert f"done        {len(saved)}\n" in stderr, "the summary must count what was saved"
+    assert f"done        {len(saved)} row" in stderr, "the summary must count what was saved"
     assert_no_errors_recorded(output)
     stats_before = settled_stats(space)
     # The requests in flight were dropped (cancel or closed stream), not run to the end.
@@ -361,7 +361,7 @@ def test_torn_last_line_is_repaired_and_its_row_redone(
     code, stderr = run_to_end(runs, cmd, tmp_path)
     assert code == 0, stderr
     assert "torn last line" in stderr, stderr
-    assert "skipped     15 " in stderr and "done        1\n" in stderr, stderr
+    assert "skipped     15 " in stderr and "done        1 row" in stderr, stderr
     assert_complete(whole_lines(output), prompts)
     stats_after = space.stats()
     assert stats_after["joins"] - stats_before["joins"] == 1, "only the torn row is redone"
@@ -465,7 +465,7 @@ def test_second_run_on_same_output_is_refused_and_lock_frees_after_sigkill(
     # A new run proceeds (and resumes): --limit keeps it short, the resume tests go the whole way.
     code, stderr = run_to_end(runs, [*cmd, "--limit", "8"], tmp_path)
     assert code == 0, stderr
-    assert "done        8\n" in stderr, stderr
+    assert "done        8 row" in stderr, stderr
     records = whole_lines(output)
     assert len(records) == len({r["id"] for r in records}) == len(saved) + 8
     assert all(r["completion"] == fake_answer(prompts[r["id"]], DEFAULT_SYSTEM_PROMPT)

@@ -45,7 +45,7 @@ def test_demo_runs_the_samples_offline_and_resumes(tmp_path: Path) -> None:
     again = subprocess.run([*QWEN_BATCH, "demo", "--output-dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 0
-    assert f"skipped     {len(samples)}" in again.stderr
+    assert f"nothing to do: all {len(samples)} rows already done" in again.stderr
 
 
 def test_fake_space_command_serves_until_terminated() -> None:
@@ -97,11 +97,11 @@ def test_progress_bar_on_a_terminal_and_not_otherwise(tmp_path: Path) -> None:
         assert proc.wait(30) == 0
         os.close(leader)
         text = seen.decode(errors="replace")
-        assert "5/5" in text and "ok=5" in text  # tqdm drew the bar with our counters
+        assert "5/5" in text and "done=5 failed=0" in text  # tqdm drew the bar with our counters
         piped = subprocess.run([*args, "-o", str(tmp_path / "pipe.jsonl")], capture_output=True,
                                text=True, timeout=30)
         assert piped.returncode == 0
-        assert "ok=" not in piped.stderr and "qwen-batch summary" in piped.stderr
+        assert "failed=" not in piped.stderr and "qwen-batch summary" in piped.stderr
     finally:
         space.terminate()
         space.wait(10)

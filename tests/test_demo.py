@@ -64,13 +64,13 @@ def test_demo_resumes_in_a_fixed_folder_of_the_user_cache(tmp_path: Path) -> Non
 
     second = demo(cache)
     assert second.exit_code == 0, second.output
-    assert f"skipped     {len(sample_ids())}" in second.output
+    assert f"nothing to do: all {len(sample_ids())} rows already done" in second.output
     assert f"Resumed: {len(sample_ids())} rows were already done" in second.output
     assert read_ids(work / "prompts.jsonl.completions.jsonl") == sample_ids()  # nothing done twice
 
     fresh = demo(cache, "--fresh")
     assert fresh.exit_code == 0, fresh.output
-    assert "Resumed" not in fresh.output and "skipped     0" in fresh.output
+    assert "Resumed" not in fresh.output and "skipped     0 rows" in fresh.output
     assert read_ids(work / "prompts.jsonl.completions.jsonl") == sample_ids()
 
 

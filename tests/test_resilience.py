@@ -421,7 +421,7 @@ def test_a_deadline_run_stops_on_time_and_the_next_run_finishes(tmp_path: Path) 
                         "--concurrency", "8", "--summary", str(summary))
         assert result.exit_code == 0, result.stderr
         report = json.loads(summary.read_text())
-        assert report["deadline_hit"] is False and report["remaining"] is None
+        assert report["deadline_hit"] is False and report["remaining"] == 0
         assert report["skipped_already_done"] == len(first)
         assert report["succeeded"] == n - len(first)
     assert_exact_once(read_jsonl(out), ids)

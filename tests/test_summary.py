@@ -109,7 +109,8 @@ def sample_summary() -> RunSummary:
     s.add(failure(12, "app_error"))
     s.add(input_error(13))
     s.add(input_error(14))
-    s.skipped_done = 5
+    s.skipped_done = s.jobs_skipped = 5
+    s.rows_to_do = s.jobs_to_do = 7
     s.retries = 7
     s.elapsed_s = 2.0
     return s
@@ -136,8 +137,9 @@ def test_to_json_has_the_documented_keys() -> None:
     data = json.loads(sample_summary().to_json())
     assert set(data) == {
         "succeeded", "failed", "input_errors", "skipped_already_done", "retries", "remaining",
-        "interrupted", "endpoint_down", "stalled", "elapsed_s", "throughput_per_s", "latency_ms",
-        "ttft_ms", "queue_ms", "errors_by_type", "output", "errors_file", "deadline_hit",
+        "remaining_estimated", "rows", "jobs", "interrupted", "endpoint_down", "stalled",
+        "elapsed_s", "throughput_per_s", "latency_ms", "ttft_ms", "queue_ms", "errors_by_type",
+        "output", "errors_file", "deadline_hit",
         "concurrency", "endpoints",
     }
     assert data["succeeded"] == 4 and data["failed"] == 3 and data["input_errors"] == 2
@@ -168,11 +170,12 @@ def test_render_shows_every_count() -> None:
     text = sample_summary().render()
     lines = text.splitlines()
     assert lines[0] == "qwen-batch summary"
-    assert "  done        4" in lines
+    assert "  to do       7 rows" in lines
+    assert "  done        4 rows" in lines
     # the breakdown covers the 3 request failures; bad input has its own line
-    assert "  failed      3 (app_error 2, queue_full 1)" in lines
-    assert "  bad input   2" in lines
-    assert "  skipped     5 (already in the output)" in lines
+    assert "  failed      3 rows (app_error 2, queue_full 1)" in lines
+    assert "  bad input   2 rows" in lines
+    assert "  skipped     5 rows (already in the output)" in lines
     assert "  retries     7" in lines
     assert "  latency     p50 200 ms, p95 400 ms" in lines
     assert "  first token p50 50 ms, p95 100 ms" in lines
@@ -182,17 +185,84 @@ def test_render_shows_every_count() -> None:
     assert "remaining" not in text and "INTERRUPTED" not in text and "STOPPED" not in text
 
 
-def test_render_only_bad_input_shows_no_failure_breakdown() -> None:
-    s = RunSummary()
+def test_render_bad_input_shows_no_failure_breakdown() -> None:
+    s = RunSummary(rows_to_do=1, jobs_to_do=1)
     s.add(input_error(0))
+    s.add(success(1, 100.0, 10.0, 1.0))
     lines = s.render().splitlines()
-    assert "  failed      0" in lines and "  bad input   1" in lines
+    assert "  failed      0 rows" in lines and "  bad input   1 row" in lines
 
 
 def test_render_flags_remaining_interrupted_and_endpoint_down() -> None:
-    s = RunSummary(remaining=12, interrupted=True, endpoint_down="20 rows failed in a row")
+    s = RunSummary(remaining=12, rows_remaining=12, rows_to_do=20, jobs_to_do=20,
+                   interrupted=True, endpoint_down="20 rows failed in a row")
     text = s.render()
-    assert "  remaining   12 (left for the next run)" in text
+    assert "  remaining   12 rows (left for the next run)" in text
     assert "INTERRUPTED" in text
     assert "STOPPED EARLY, endpoint failing: 20 rows failed in a row" in text
     assert "  elapsed     0.0 s" in text  # no throughput without elapsed time
+
+
+# -- rows and jobs ---------------------------------------------------------------------------
+
+
+def job(i: int, sample: int, ok: bool, samples: tuple[int, ...] = ()) -> Success | Failure:
+    row = PromptRow(str(i), i, "p", samples=samples)
+    trace = RequestTrace(f"h{i}-{sample}", duration_ms=10.0)
+    if ok:
+        return Success(row, "answer", trace, 1, "m", sample)
+    return Failure(str(i), i, "app_error", "boom", 4, row=row, trace=trace, sample=sample)
+
+
+def test_rows_and_jobs_are_counted_apart_with_samples() -> None:
+    # 3 rows x 2 samples: row 0 both ok, row 1 one failed, row 2 (partly done before:
+    # only sample 1 to do) ok; row 3 has one job still out when the run ends.
+    s = RunSummary(samples=2, rows_to_do=4, jobs_to_do=7, skipped_done=5, jobs_skipped=11)
+    for result in (job(0, 0, True), job(1, 0, True), job(0, 1, True), job(1, 1, False),
+                   job(2, 1, True, samples=(1,)), job(3, 0, True)):
+        s.add(result)
+    assert (s.rows_done, s.rows_failed) == (2, 1)  # row 3 is neither: a job is still out
+    assert (s.succeeded, s.failed) == (5, 1)
+    data = s.to_dict()
+    assert data["rows"] == {"read": 9, "bad_input": 0, "already_done": 5, "to_do": 4,
+                            "done": 2, "failed": 1, "remaining": None}
+    assert data["jobs"] == {"samples_per_row": 2, "already_done": 11, "to_do": 7, "done": 5,
+                            "failed": 1, "retries": 0, "remaining": None}
+    lines = s.render().splitlines()
+    assert "  to do       4 rows, 7 jobs" in lines
+    assert "  done        2 rows, 5 jobs" in lines
+    assert "  failed      1 row, 1 job (app_error 1)" in lines
+    assert "  skipped     5 rows, 11 jobs (already in the output)" in lines
+
+
+def test_remaining_is_shown_in_both_units_and_zero_when_nothing_is_left() -> None:
+    s = RunSummary(samples=3, rows_to_do=2, jobs_to_do=6, remaining=4, rows_remaining=2)
+    assert "  remaining   2 rows, 4 jobs (left for the next run)" in s.render().splitlines()
+    finished = RunSummary(rows_to_do=1, jobs_to_do=1, remaining=0, rows_remaining=0)
+    finished.add(job(0, 0, True))
+    assert "  remaining   0 rows" in finished.render().splitlines()
+    assert finished.to_dict()["remaining"] == 0
+
+
+def test_nothing_to_do_says_so_and_shows_no_throughput() -> None:
+    # The issue: a finished run with nothing to do printed "throughput 0.00 rows/s".
+    s = RunSummary(skipped_done=6, jobs_skipped=6, remaining=0, rows_remaining=0,
+                   elapsed_s=0.4, output="out.jsonl", errors_file="out.errors.jsonl")
+    text = s.render()
+    assert text.splitlines()[1] == "  nothing to do: all 6 rows already done"
+    assert "throughput" not in text and "latency" not in text and "done  " not in text
+    assert "  output      out.jsonl" in text
+
+
+def test_nothing_to_send_names_the_bad_input() -> None:
+    s = RunSummary(skipped_done=2, remaining=0, rows_remaining=0, elapsed_s=0.1)
+    s.add(input_error(2))
+    assert s.render().splitlines()[1] == (
+        "  nothing to send: 2 rows already done, 1 row of bad input (see the errors file)")
+    assert "throughput" not in s.render()
+
+
+def test_a_stopped_run_with_nothing_sent_is_not_nothing_to_do() -> None:
+    for stopped in (RunSummary(interrupted=True), RunSummary(stalled="no row moved"),
+                    RunSummary(endpoint_down="refused"), RunSummary(remaining=3)):
+        assert "nothing to do" not in stopped.render()
