@@ -283,7 +283,9 @@ N_ROWS = 12
 # Small bounds so a reset, cut or stall costs a fraction of a second before it is retried.
 FAST = ["--no-progress", "--concurrency", "4", "--max-attempts", "8", "--retry-delay", "0.01",
         "--retry-max-delay", "0.05", "--connect-timeout", "2", "--request-timeout", "1",
-        "--read-timeout", "1", "--idle-timeout", "2", "--timeout", "10"]
+        "--read-timeout", "1", "--idle-timeout", "2", "--timeout", "10",
+        # a run that cannot work (a broken proxy or client) ends in seconds, not 600 s
+        "--max-outage", "20", "--connect-grace", "20"]
 # Faults aimed at the answer streams (headers or body: 1 to 2500 bytes in) and at the joins.
 # Fewer faults in all than attempts per row: no row can run out of attempts, so a pass is
 # exact, not lucky.
