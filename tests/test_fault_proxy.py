@@ -2,11 +2,12 @@
 
 First the proxy itself, against a loopback echo server: each toxic does what it says.
 Then real batches (``qwen-batch run`` through Click's runner) whose ``--url`` is the
-proxy in front of the fake Space, one toxic per run: latency, bandwidth, 1–3 byte
-slicing (Gradio 4 and 6), resets, cuts (JSONL and Parquet output) and stalls. Every
-run must end with exit 0, every input id exactly once with the fake model's exact
-answer, every output line whole, no error record, and proof that the faults fired
-and were retried.
+proxy in front of the fake Space, one kind of fault per run: latency, bandwidth, 1–3
+byte slicing (Gradio 4 and 6), resets (4 and 6), cuts (JSONL and Parquet output) and
+stalls aimed at answer streams and joins, faults on what the client sends, and on a
+Gradio 6 Space's ``/config``. Every run must end with exit 0, every input id exactly
+once with the fake model's exact answer, every output line whole, no error record,
+and proof that the faults fired where aimed and rows were retried.
 """
 
 from __future__ import annotations
@@ -290,6 +291,8 @@ FAST = ["--no-progress", "--concurrency", "4", "--max-attempts", "8", "--retry-d
 # Fewer faults in all than attempts per row: no row can run out of attempts, so a pass is
 # exact, not lucky.
 AFTER = (1, 2500)
+# Shaping alone must cause no retry; roomy bounds keep a loaded machine from causing one.
+ROOMY = ("--request-timeout", "10", "--read-timeout", "10")
 
 
 def aimed(fault: type[ResetPeer | LimitData | Stall], on_data: int = 5,
@@ -348,7 +351,7 @@ class Run:
 
 
 def run_through(tmp_path: Path, toxics: list[Toxic], *, major: int = 4,
-                output: str = "out.jsonl") -> Run:
+                output: str = "out.jsonl", options: tuple[str, ...] = ()) -> Run:
     """A batch of N_ROWS through a proxy with ``toxics`` in front of a fake Space, checked exact."""
     source = tmp_path / "in.jsonl"
     ids = write_prompts(source)
@@ -357,7 +360,7 @@ def run_through(tmp_path: Path, toxics: list[Toxic], *, major: int = 4,
     with ThreadedFakeSpace(config) as space, ThreadedFaultProxy(space.url, toxics) as proxy:
         started = time.monotonic()
         result = invoke("run", str(source), "-o", str(out), "--errors", str(errors),
-                        "--url", proxy.url, *FAST)
+                        "--url", proxy.url, *FAST, *options)
         elapsed = time.monotonic() - started
         assert space.space is not None
         space_stats = space.space.stats
@@ -380,14 +383,14 @@ def run_through(tmp_path: Path, toxics: list[Toxic], *, major: int = 4,
 
 def test_latency_both_ways(tmp_path: Path) -> None:
     run = run_through(tmp_path, [Toxic(Latency(0.03, jitter=0.01)),
-                                 Toxic(Latency(0.03, jitter=0.01), stream=UPSTREAM)])
+                                 Toxic(Latency(0.03, jitter=0.01), stream=UPSTREAM)], options=ROOMY)
     assert run.proxy.applied["latency"] == 2 * run.proxy.connections
     assert run.proxy.fired["latency"] >= 2 * N_ROWS  # at least each join and its answer
     assert run.retried == 0  # shaping alone is no reason to retry
 
 
 def test_bandwidth_limit(tmp_path: Path) -> None:
-    run = run_through(tmp_path, [Toxic(Bandwidth(32))])
+    run = run_through(tmp_path, [Toxic(Bandwidth(32))], options=ROOMY)
     assert run.proxy.applied["bandwidth"] == run.proxy.connections
     assert run.proxy.fired["bandwidth"] >= N_ROWS
     assert run.retried == 0
@@ -407,7 +410,8 @@ def test_one_to_three_byte_slices_both_ways(
             return super().feed(chunk)
 
     monkeypatch.setattr(pipeline.client, "SSEDecoder", Recording)
-    run = run_through(tmp_path, [Toxic(Slicer()), Toxic(Slicer(), stream=UPSTREAM)], major=major)
+    run = run_through(tmp_path, [Toxic(Slicer()), Toxic(Slicer(), stream=UPSTREAM)], major=major,
+                      options=ROOMY)
     tiny = sum(n <= 3 for n in feeds)
     print(f"  decoder fed {len(feeds)} pieces, {tiny} of 1-3 bytes")
     assert run.proxy.fired["slicer"] >= run.proxy.bytes["downstream"] // 3
@@ -447,3 +451,29 @@ def test_cut_streams_into_parquet(tmp_path: Path) -> None:
 def test_stalls_are_cut_by_the_read_timeouts_and_retried(tmp_path: Path) -> None:
     run = run_through(tmp_path, aimed(Stall, on_data=3, on_join=1))
     assert_faults_hit(run, "timeout", on_data=2)
+
+
+def test_faults_on_what_the_client_sends(tmp_path: Path) -> None:
+    # Joins cut off mid-request by a reset, or swallowed part-way: the Space never gets the
+    # whole request (or the client never hears back), and the row is joined again.
+    run = run_through(tmp_path, [
+        Toxic(ResetPeer(after=(1, 300)), stream=UPSTREAM, trigger="/queue/join",
+              select=every(2), limit=3),
+        Toxic(Stall(after=(1, 300)), stream=UPSTREAM, trigger="/queue/join",
+              select=every(2, offset=1), limit=2),
+    ], major=6)
+    assert run.proxy.hits["reset_peer POST /gradio_api/queue/join"] >= 2, run.proxy.hits
+    assert run.proxy.hits["timeout POST /gradio_api/queue/join"] >= 1, run.proxy.hits
+    assert run.retried >= 3
+
+
+def test_faults_on_the_config_of_a_gradio_6_space(tmp_path: Path) -> None:
+    # A /config answer swallowed or reset: the client falls back to the default (root)
+    # layout, whose joins a Gradio 6 Space answers 404; it must read /config again.
+    run = run_through(tmp_path, [
+        Toxic(Stall(after=(1, 3000)), trigger="/config", limit=1),
+        Toxic(ResetPeer(after=(1, 3000)), trigger="/config", select=every(2), limit=2),
+    ], major=6)
+    assert run.proxy.hits["timeout GET /config"] == 1, run.proxy.hits
+    assert run.proxy.hits["reset_peer GET /config"] >= 1, run.proxy.hits
+    assert run.retried >= 1
