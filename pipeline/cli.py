@@ -162,7 +162,8 @@ def main(verbose: int) -> None:
 @click.argument("input_path", metavar="INPUT", envvar="QWEN_BATCH_INPUT")
 @opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
      "[default: <input name>.completions.jsonl beside the input]")
-@opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
+@opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl, or "
+     "<input name>.errors.jsonl when the output is stdout]")
 @opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
      help="Override the suffix (.gz/.zst are still decompressed).")
 @opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
@@ -276,13 +277,16 @@ def run_command(input_path: str, **o: Any) -> None:
                 f"{legacy} exists: earlier versions wrote there by default; now the default is "
                 f"{default_output_path(input_path)} (so that inputs differing only in suffix "
                 f"never share an output). Resume it with -o {legacy}, or rename it.")
+    if input_path == "-" and o["output"] is None:
+        raise click.UsageError("reading stdin (-) needs -o OUTPUT: a file, with the errors "
+                               "beside it, or - for stdout, with --errors FILE")
     output = o["output"] or default_output_path(input_path)
     if o["rows_per_file"] is not None and output != "-":
         output = output.rstrip("/") or output  # the lock and errors file go beside it
     options = RunOptions(
         input=input_path,
         output=output,
-        errors=o["errors_path"] or default_errors_path(output),
+        errors=_errors_path(input_path, output, o["errors_path"]),
         input_format=o["input_format"],
         output_format=o["output_format"],
         spec=spec,
@@ -324,6 +328,18 @@ def run_command(input_path: str, **o: Any) -> None:
         per_actor_concurrency=o["per_actor_concurrency"],
     )
     sys.exit(_execute(options))
+
+
+def _errors_path(input_path: str, output: str, errors: str | None) -> str:
+    """``--errors``, else beside the output, else (stdout) beside the input, never shared."""
+    if errors:
+        return errors
+    if output != "-":
+        return default_errors_path(output)
+    if input_path == "-":
+        raise click.UsageError("stdin to stdout leaves no file to put the errors beside: "
+                               "give --errors FILE")
+    return input_path.rstrip("/") + ".errors.jsonl"
 
 
 def _execute(options: RunOptions) -> int:

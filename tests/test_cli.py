@@ -98,14 +98,15 @@ def test_parquet_in_parquet_out_and_both_crossings(tmp_path: Path, threaded_spac
 
 
 def test_stdin_to_stdout(tmp_path: Path, monkeypatch, threaded_space) -> None:
-    monkeypatch.chdir(tmp_path)  # the errors file of a stdout run lands in the working directory
+    monkeypatch.chdir(tmp_path)
     lines = "".join(json.dumps(r) + "\n" for r in prompts(3))
-    result = invoke("run", "-", "-o", "-", "--url", threaded_space.url, *FAST, input=lines)
+    result = invoke("run", "-", "-o", "-", "--errors", "pipe.errors.jsonl",
+                    "--url", threaded_space.url, *FAST, input=lines)
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["id"] for r in records) == ["p0", "p1", "p2"]
     assert "qwen-batch summary" in result.stderr and "summary" not in result.stdout
-    assert (tmp_path / "qwen-batch.errors.jsonl").read_text() == ""
+    assert (tmp_path / "pipe.errors.jsonl").read_text() == ""
 
 
 def test_template_keep_system_and_messages(tmp_path: Path, threaded_space) -> None:
@@ -440,7 +441,7 @@ def test_rows_per_file_writes_bounded_parts_and_resumes_into_them(
         rows = [pq.read_table(p).to_pylist() for p in parts]
     assert [len(r) for r in rows] == [4, 4, 3]
     assert sorted(by_id([r for part in rows for r in part])) == sorted(f"p{i}" for i in range(11))
-    assert (tmp_path / "parts.lock").exists() and not (out / ".lock").exists()
+    assert not (tmp_path / "parts.lock").exists() and not (out / ".lock").exists()
     (out / "notes.txt").write_text("mine")
     result = invoke(*args, "--overwrite", "--limit", "1")
     assert result.exit_code == 0, result.stderr
