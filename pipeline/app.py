@@ -260,8 +260,10 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
         if not stop.is_set():
             summary.interrupted = True
             stop.set()
-            print(f"\n{signal.Signals(signum).name}: stopping; finishing up "
-                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+            name = signal.Signals(signum).name
+            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+            print(f"\n{name}: stopping; finishing up ({again} to quit at once)",
+                  file=sys.stderr, flush=True)
         elif main is not None:
             main.cancel()
 
