@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.fake_space import fake_answer
+from pipeline.fake_space import FAULT_NAMES, fake_answer
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.rowspec import content_id
 
@@ -42,11 +44,51 @@ def by_id(records: list[dict]) -> dict[str, dict]:
     return {r["id"]: r for r in records}
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["fake-space"], ["sort"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"], ["fake-space"], ["sort"],
+                                     ["report"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def test_every_command_is_listed_in_a_section() -> None:
+    text = invoke("--help").output
+    assert "Batch jobs:" in text and "Endpoints:" in text and "Trying it out (no network):" in text
+    listed = {name for section in main.list_sections(click.Context(main)) for name in section.commands}
+    assert listed == set(main.commands)
+
+
+@pytest.mark.parametrize("name", [None, *sorted(main.commands)])
+def test_every_option_has_a_help_line(name: str | None) -> None:
+    command = main if name is None else main.commands[name]
+    missing = [p.opts[0] for p in command.params
+               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert missing == [], f"options of {name or 'qwen-batch'} without help: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_options_are_grouped_by_purpose(name: str) -> None:
+    command = main.commands[name]
+    grouped = [o.name for group in getattr(command, "option_groups", []) for o in group.options]
+    options = [p.name for p in command.params if isinstance(p, click.Option) and p.name != "help"]
+    assert sorted(grouped) == sorted(options), f"{name}: options outside a group"
+    assert len(grouped) == len(set(grouped))
+
+
+def test_run_help_has_the_groups_in_order() -> None:
+    text = invoke("run", "--help").output
+    titles = ["Input:", "Prompt building:", "Output:", "Endpoint:", "Retries and timeouts:",
+              "Pacing:", "Run control:", "Engine:"]
+    at = [text.index(f"\n{t}\n") for t in titles]
+    assert at == sorted(at)
+    assert text.index("--prompt-field") > text.index("Prompt building:") > text.index("--csv-infer-types")
+
+
+def test_fake_space_help_lists_every_fault() -> None:
+    text = invoke("fake-space", "--help").output
+    for fault in sorted(FAULT_NAMES):
+        assert re.search(rf"^ +{fault} +\S", text, re.MULTILINE), fault
 
 
 def test_run_help_shows_an_example_and_exit_codes() -> None:
@@ -308,6 +350,19 @@ def test_default_config_file_is_valid_and_documents_every_option(tmp_path: Path)
     write_jsonl(tmp_path / "in.jsonl", prompts(1))
     result = invoke("run", str(tmp_path / "in.jsonl"), "--config", str(default), "--limit", "0")
     assert result.exit_code == 0, result.stderr
+
+
+def test_default_config_file_follows_the_help_groups() -> None:
+    text = (Path(__file__).parents[1] / "configs" / "default.toml").read_text()
+    parts = re.split(r"^# --- ([a-z ]+?)(?: \(.*\))? -+$", text, flags=re.MULTILINE)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+    groups = main.commands["run"].option_groups
+    assert list(sections) == [g.title.lower() for g in groups]
+    for group in groups:
+        for option in group.options:
+            name = next(o for o in option.opts if o.startswith("--"))[2:]
+            if name != "config":
+                assert f"# {name} = " in sections[group.title.lower()], (group.title, name)
 
 
 def test_secrets_never_reach_output_errors_summary_or_logs(tmp_path: Path, threaded_space) -> None:
