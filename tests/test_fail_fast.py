@@ -43,7 +43,7 @@ def assert_stopped_cleanly(result, tmp_path: Path, *, grace: float = GRACE) -> N
     assert result.elapsed < grace + SLACK, result.elapsed
     assert "Traceback" not in result.stderr
     assert result.stderr.count("STOPPED EARLY") == 1
-    assert error_records(tmp_path / "in.completions.errors.jsonl") == []
+    assert error_records(tmp_path / "in.jsonl.completions.errors.jsonl") == []
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["failed"] == 0 and summary["succeeded"] == 0
     assert "cannot reach" in summary["endpoint_down"]
@@ -67,7 +67,7 @@ def test_dead_endpoint_stops_within_the_grace_and_fails_no_row(tmp_path: Path, r
     with ThreadedFakeSpace(FakeSpaceConfig(gradio_major=4, latency=0.01, chunks=2)) as space:
         again = run_cli("run", str(tmp_path / "in.jsonl"), "--no-progress", "--url", space.url)
     assert again.code == 0, again.stderr
-    done = (tmp_path / "in.completions.jsonl").read_text().splitlines()
+    done = (tmp_path / "in.jsonl.completions.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in done) == sorted(f"r{i}" for i in range(rows))
 
 
@@ -77,7 +77,7 @@ def test_with_one_live_endpoint_a_dead_one_does_not_stop_the_run(tmp_path: Path)
     with ThreadedFakeSpace(FakeSpaceConfig(gradio_major=4, latency=0.05, chunks=2)) as space:
         result = run_cli(*run_args(tmp_path, "--url", dead, "--url", space.url))
     assert result.code == 0, result.stderr
-    assert len((tmp_path / "in.completions.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "in.jsonl.completions.jsonl").read_text().splitlines()) == 6
 
 
 @pytest.mark.parametrize("how", ["option", "environment"])
@@ -145,7 +145,7 @@ def test_malformed_proxy_is_a_usage_error_that_never_echoes_the_password(
     assert "proxy" in result.stderr.lower()
     for spelling in SPELLINGS:
         assert spelling not in result.stdout + result.stderr
-    assert not (tmp_path / "in.completions.jsonl").exists()
+    assert not (tmp_path / "in.jsonl.completions.jsonl").exists()
 
 
 def test_untrusted_certificate_stops_at_once_and_ca_bundle_or_ssl_cert_file_fixes_it(
@@ -161,14 +161,14 @@ def test_untrusted_certificate_stops_at_once_and_ca_bundle_or_ssl_cert_file_fixe
 
         trusted = run_cli(*run_args(tmp_path, "--url", space.url, "--ca-bundle", str(tls.ca)))
         assert trusted.code == 0, trusted.stderr
-        records = [json.loads(x) for x in (tmp_path / "in.completions.jsonl").read_text().splitlines()]
+        records = [json.loads(x) for x in (tmp_path / "in.jsonl.completions.jsonl").read_text().splitlines()]
         assert {r["id"]: r["completion"] for r in records} == expected
 
-        (tmp_path / "in.completions.jsonl").unlink()
+        (tmp_path / "in.jsonl.completions.jsonl").unlink()
         from_env = run_cli(*run_args(tmp_path, "--url", space.url),
                            env={"SSL_CERT_FILE": str(tls.ca)})
         assert from_env.code == 0, from_env.stderr
-        records = [json.loads(x) for x in (tmp_path / "in.completions.jsonl").read_text().splitlines()]
+        records = [json.loads(x) for x in (tmp_path / "in.jsonl.completions.jsonl").read_text().splitlines()]
         assert {r["id"]: r["completion"] for r in records} == expected
 
 
