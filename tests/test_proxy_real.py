@@ -80,7 +80,7 @@ def expected() -> dict[str, str]:
 
 
 def completions(tmp_path: Path) -> dict[str, str]:
-    lines = (tmp_path / "in.completions.jsonl").read_text().splitlines()
+    lines = (tmp_path / "in.jsonl.completions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == len({r["id"] for r in records}), "duplicate rows"
     return {r["id"]: r["completion"] for r in records}
@@ -135,7 +135,7 @@ def test_wrong_password_stops_at_once_with_no_row_failed_and_no_leak(
     assert result.elapsed < 30, result.elapsed
     assert "407" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("STOPPED EARLY") == 1
-    errors_file = tmp_path / "in.completions.errors.jsonl"
+    errors_file = tmp_path / "in.jsonl.completions.errors.jsonl"
     assert not errors_file.exists() or errors_file.read_text() == ""
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["failed"] == 0 and "407" in summary["endpoint_down"]
@@ -153,14 +153,14 @@ def test_proxy_from_the_environment_and_no_proxy(tmp_path: Path, proxy: Mitmdump
     through = proxy.log().count(joins)
     assert through >= before + ROWS  # every row went through the proxy named by HTTP_PROXY
 
-    (tmp_path / "in.completions.jsonl").unlink()
+    (tmp_path / "in.jsonl.completions.jsonl").unlink()
     direct = run_cli(*run_args(tmp_path, http_space.url),
                      env={"HTTP_PROXY": good, "NO_PROXY": "127.0.0.1"})
     assert direct.code == 0, direct.stderr
     assert completions(tmp_path) == expected()
     assert proxy.log().count(joins) == through  # NO_PROXY: straight to the Space
 
-    (tmp_path / "in.completions.jsonl").unlink()
+    (tmp_path / "in.jsonl.completions.jsonl").unlink()
     dead = f"http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:{free_port()}"
     flag_wins = run_cli(*run_args(tmp_path, http_space.url, "--proxy", good),
                         env={"HTTP_PROXY": dead})
