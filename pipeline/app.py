@@ -36,7 +36,7 @@ from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
 from .summary import RunSummary
 from .watchdog import Watchdog
-from .writers import JsonlAppender, open_output
+from .writers import JsonlAppender, check_output, open_output
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +309,10 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
         if not stop.is_set():
             summary.interrupted = True
             stop.set()
-            print(f"\n{signal.Signals(signum).name}: stopping; finishing up "
-                  "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+            name = signal.Signals(signum).name
+            again = "press Ctrl-C again" if signum == signal.SIGINT else f"send {name} again"
+            print(f"\n{name}: stopping; finishing up ({again} to quit at once)",
+                  file=sys.stderr, flush=True)
         elif main is not None:
             main.cancel()
 
@@ -333,13 +335,14 @@ async def run(options: RunOptions) -> RunOutcome:
     stop = asyncio.Event()
     started = time.monotonic()
     fmt = detect_format(options.input, options.input_format)
+    check_output(options.output, options.output_format, rows_per_file=options.rows_per_file)
     # Before the lock and any file: a wrong column is one usage error, not one per row.
     records, head = open_checked_input(options.input, fmt, options.spec,
                                        require_id=options.require_id,
                                        max_record_bytes=options.max_record_bytes,
                                        infer_csv_types=options.csv_infer_types)
     redact = run_redactor(options.urls, options.proxy, options.hf_token)
-    lock = OutputLock(options.output)
+    lock = OutputLock(options.output)  # removed again on every way out of the try below
     try:
         lock.acquire()  # LockedError propagates: another run owns this output
         if options.overwrite:

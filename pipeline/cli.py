@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import cloup
 from click.core import ParameterSource
 
 from . import __version__
@@ -43,6 +44,11 @@ from .sessions import tls_context
 from .writers import default_errors_path, default_output_path, legacy_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# The commands, by what they are for, in `qwen-batch --help`.
+BATCH = cloup.Section("Batch jobs")
+ENDPOINTS = cloup.Section("Endpoints")
+TRY_OUT = cloup.Section("Trying it out (no network)")
 
 
 def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -136,7 +142,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """The stream is always the current stderr."""
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+@cloup.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="qwen-batch")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
 def main(verbose: int) -> None:
@@ -158,92 +164,121 @@ def main(verbose: int) -> None:
     root.setLevel(level)
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
+@main.command("run", context_settings=CONTEXT_SETTINGS, section=BATCH)
 @click.argument("input_path", metavar="INPUT", envvar="QWEN_BATCH_INPUT")
-@opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
-     "[default: <input name>.completions.jsonl beside the input]")
-@opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl]")
-@opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
-     help="Override the suffix (.gz/.zst are still decompressed).")
-@opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix.")
-@opt("--prompt-field", default="prompt", show_default=True)
-@opt("--id-field", default="id", show_default=True,
-     help="Unique row id (rows without one get an id from their content).")
-@opt("--system-field", default="system", show_default=True)
-@opt("--messages-field", default="messages", show_default=True,
-     help="A chat list of {role, content}, folded into one prompt.")
-@opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".')
-@opt("--system", "default_system", help="System prompt for rows without one.")
-@opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable).")
-@endpoint_options("The Space, or a copy of it; repeat for several endpoints sharing the work.")
-@opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True)
-@opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
-     help="Most requests in flight at once (be polite to a free Space); the run adapts "
-     "below it when the Space's queue pushes back.")
-@opt("--fixed-concurrency", is_flag=True, help="Keep --concurrency fixed instead of adapting.")
-@opt("--deadline", help="Stop starting requests after this long (55m, 1h30m) or at this "
-     "clock time (06:30); unfinished rows are left for the next run.")
-@opt("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
-     help="Seconds requests in flight may take after the deadline.")
-@opt("--min-chars", type=click.IntRange(min=1), default=1, show_default=True,
-     help="Shorter answers are incomplete and retried (empty ones always are).")
-@opt("--max-response-chars", type=click.IntRange(min=1),
-     help="Fail a row whose answer grows past this many characters.")
-@opt("--max-outage", type=click.FloatRange(min=0), default=600.0, show_default=True,
-     help="Seconds to wait for a failing or sleeping endpoint before stopping with exit 4.")
-@opt("--connect-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
-     help="Seconds to keep trying when no endpoint has been reached yet (refused, DNS, TLS, "
-     "401/403/407, proxy down) before stopping with exit 4; no row is failed meanwhile.")
-@opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
-     help="Attempts per row, the first included.")
-@opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
-     help="Base of the exponential backoff between attempts, in seconds.")
-@opt("--retry-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
-     help="Cap of one backoff wait (a server's Retry-After is honoured up to 300 s).")
-@opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0, show_default=True,
-     help="Seconds per attempt, queue wait included.")
-@opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
-     show_default=True, help="Seconds without new text once generation started.")
-@opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
-     show_default=True, help="Seconds without any byte, from sending a request and then "
-     "between reads (heartbeats come every 15 s).")
-@opt("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
-     show_default=True, help="Seconds for /config and the queue join to be answered, and for "
-     "the answer stream (or an error page) to start, from sending; capped by --read-timeout.")
-@opt("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-     show_default=True, help="Seconds to open a connection (TCP and TLS).")
-@opt("--rate", type=click.FloatRange(min=0, min_open=True),
-     help="Max request starts per second (retries included).")
-@opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run.")
-@opt("--samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
-     help="Completions per prompt (records get a `sample` field).")
-@opt("--rows-per-file", type=click.IntRange(min=1),
-     help="Write OUTPUT as a directory of part files of at most N records each "
-     "(part-000000.jsonl, ...; format from --output-format or the directory's suffix).")
-@opt("--overwrite", is_flag=True, help="Start fresh instead of resuming.")
-@opt("--resume-any", is_flag=True, help="Resume even if OUTPUT was made from another input "
-     "(by default that is refused: its ids would skip rows never done).")
-@opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY).")
-@opt("--summary", "summary_path", help="Also write the summary as JSON to this file.")
-@opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
-     help="Stop with exit 4 after this many rows fail in a row.")
-@opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-     help="Largest accepted input line/row.")
-@opt("--csv-infer-types", is_flag=True, help="CSV/TSV input: let pyarrow type the columns "
-     "(numbers, booleans, timestamps) instead of reading every cell as text.")
-@opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-     help="Where requests run: this process, or Ray Data actors (pip install "
-     "'qwen-batch[ray]'); output, resume and exit codes are the same.")
-@opt("--address", "ray_address", help="Ray: the cluster to join ('auto': the one running "
-     "here).  [default: start a private local Ray for the run]")
-@opt("--actors", type=click.IntRange(1, 1024), default=2, show_default=True,
-     help="Ray: actors, each with one pooled session and its own in-flight limit.")
-@opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
-     help="Ray: requests in flight per actor.  [default: --concurrency / --actors]")
-@opt("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-     callback=_load_config_file, help="TOML file of option defaults (see configs/default.toml).")
+@cloup.option_group(
+    "Input",
+    opt("--input-format", type=click.Choice(list(FORMAT_CHOICES)),
+        help="Override the suffix (.gz/.zst are still decompressed)."),
+    opt("--csv-infer-types", is_flag=True, help="CSV/TSV input: let pyarrow type the columns "
+        "(numbers, booleans, timestamps) instead of reading every cell as text."),
+    opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+        help="Largest accepted input line/row."),
+)
+@cloup.option_group(
+    "Prompt building",
+    opt("--prompt-field", default="prompt", show_default=True,
+        help="Column holding the prompt text."),
+    opt("--id-field", default="id", show_default=True,
+        help="Unique row id (rows without one get an id from their content)."),
+    opt("--system-field", default="system", show_default=True,
+        help="Column holding a row's own system prompt, if any."),
+    opt("--messages-field", default="messages", show_default=True,
+        help="A chat list of {role, content}, folded into one prompt."),
+    opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".'),
+    opt("--system", "default_system", help="System prompt for rows without one."),
+    opt("--samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
+        help="Completions per prompt (records get a `sample` field)."),
+)
+@cloup.option_group(
+    "Output",
+    opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
+        "[default: <input name>.completions.jsonl beside the input; needed with - as INPUT]"),
+    opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl, or "
+        "<input name>.errors.jsonl when the output is stdout]"),
+    opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix."),
+    opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable)."),
+    opt("--rows-per-file", type=click.IntRange(min=1),
+        help="Write OUTPUT as a directory of part files of at most N records each "
+        "(part-000000.jsonl, ...; format from --output-format or the directory's suffix)."),
+    opt("--summary", "summary_path", help="Also write the summary as JSON to this file."),
+)
+@cloup.option_group(
+    "Endpoint",
+    endpoint_options("The Space, or a copy of it; repeat for several endpoints sharing the work."),
+    opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True,
+        help="Model to ask for: " + ", ".join(Qwen_Qwen_2_72B.models) + "."),
+)
+@cloup.option_group(
+    "Retries and timeouts",
+    opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
+        help="Attempts per row, the first included."),
+    opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+        help="Base of the exponential backoff between attempts, in seconds."),
+    opt("--retry-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
+        help="Cap of one backoff wait (a server's Retry-After is honoured up to 300 s)."),
+    opt("--min-chars", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Shorter answers are incomplete and retried (empty ones always are)."),
+    opt("--max-response-chars", type=click.IntRange(min=1),
+        help="Fail a row whose answer grows past this many characters."),
+    opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0, show_default=True,
+        help="Seconds per attempt, queue wait included."),
+    opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+        show_default=True, help="Seconds without new text once generation started."),
+    opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+        show_default=True, help="Seconds without any byte, from sending a request and then "
+        "between reads (heartbeats come every 15 s)."),
+    opt("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
+        show_default=True, help="Seconds for /config and the queue join to be answered, and for "
+        "the answer stream (or an error page) to start, from sending; capped by --read-timeout."),
+    opt("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+        show_default=True, help="Seconds to open a connection (TCP and TLS)."),
+    opt("--max-outage", type=click.FloatRange(min=0), default=600.0, show_default=True,
+        help="Seconds to wait for a failing or sleeping endpoint before stopping with exit 4."),
+    opt("--connect-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+        help="Seconds to keep trying when no endpoint has been reached yet (refused, DNS, TLS, "
+        "401/403/407, proxy down) before stopping with exit 4; no row is failed meanwhile."),
+)
+@cloup.option_group(
+    "Pacing",
+    opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
+        help="Most requests in flight at once (be polite to a free Space); the run adapts "
+        "below it when the Space's queue pushes back."),
+    opt("--fixed-concurrency", is_flag=True, help="Keep --concurrency fixed instead of adapting."),
+    opt("--rate", type=click.FloatRange(min=0, min_open=True),
+        help="Max request starts per second (retries included)."),
+)
+@cloup.option_group(
+    "Run control",
+    opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run."),
+    opt("--deadline", help="Stop starting requests after this long (55m, 1h30m) or at this "
+        "clock time (06:30); unfinished rows are left for the next run."),
+    opt("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+        help="Seconds requests in flight may take after the deadline."),
+    opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
+        help="Stop with exit 4 after this many rows fail in a row."),
+    opt("--overwrite", is_flag=True, help="Start fresh instead of resuming."),
+    opt("--resume-any", is_flag=True, help="Resume even if OUTPUT was made from another input "
+        "(by default that is refused: its ids would skip rows never done)."),
+    opt("--no-progress", is_flag=True, help="No progress bar (also off when stderr is no TTY)."),
+    opt("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+        callback=_load_config_file, help="TOML file of option defaults (see configs/default.toml)."),
+)
+@cloup.option_group(
+    "Engine",
+    opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        help="Where requests run: this process, or Ray Data actors (pip install "
+        "'qwen-batch[ray]'); output, resume and exit codes are the same."),
+    opt("--address", "ray_address", help="Ray: the cluster to join ('auto': the one running "
+        "here).  [default: start a private local Ray for the run]"),
+    opt("--actors", type=click.IntRange(1, 1024), default=2, show_default=True,
+        help="Ray: actors, each with one pooled session and its own in-flight limit."),
+    opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
+        help="Ray: requests in flight per actor.  [default: --concurrency / --actors]"),
+)
 def run_command(input_path: str, **o: Any) -> None:
-    """Run every prompt of INPUT (.jsonl, .parquet, or - for JSONL on stdin).
+    """Run every prompt of INPUT: JSONL (.gz/.zst too), Parquet (a file or a dataset
+    directory), CSV/TSV, or - for JSONL on stdin (with -o).
 
     Output is appended as rows finish; run the same command again to resume:
     rows already in OUTPUT are skipped and failed rows are retried.
@@ -276,13 +311,16 @@ def run_command(input_path: str, **o: Any) -> None:
                 f"{legacy} exists: earlier versions wrote there by default; now the default is "
                 f"{default_output_path(input_path)} (so that inputs differing only in suffix "
                 f"never share an output). Resume it with -o {legacy}, or rename it.")
+    if input_path == "-" and o["output"] is None:
+        raise click.UsageError("reading stdin (-) needs -o OUTPUT: a file, with the errors "
+                               "beside it, or - for stdout, with --errors FILE")
     output = o["output"] or default_output_path(input_path)
     if o["rows_per_file"] is not None and output != "-":
         output = output.rstrip("/") or output  # the lock and errors file go beside it
     options = RunOptions(
         input=input_path,
         output=output,
-        errors=o["errors_path"] or default_errors_path(output),
+        errors=_errors_path(input_path, output, o["errors_path"]),
         input_format=o["input_format"],
         output_format=o["output_format"],
         spec=spec,
@@ -326,6 +364,18 @@ def run_command(input_path: str, **o: Any) -> None:
     sys.exit(_execute(options))
 
 
+def _errors_path(input_path: str, output: str, errors: str | None) -> str:
+    """``--errors``, else beside the output, else (stdout) beside the input, never shared."""
+    if errors:
+        return errors
+    if output != "-":
+        return default_errors_path(output)
+    if input_path == "-":
+        raise click.UsageError("stdin to stdout leaves no file to put the errors beside: "
+                               "give --errors FILE")
+    return input_path.rstrip("/") + ".errors.jsonl"
+
+
 def _execute(options: RunOptions) -> int:
     try:
         outcome = asyncio.run(run(options))
@@ -345,10 +395,13 @@ def _execute(options: RunOptions) -> int:
     return outcome.exit_code
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
-@endpoint_options("Endpoint to check (repeatable).")
-@opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-     help="Seconds for the probe request, queue wait included.")
+@main.command(context_settings=CONTEXT_SETTINGS, section=ENDPOINTS)
+@cloup.option_group("Endpoint", endpoint_options("Endpoint to check (repeatable)."))
+@cloup.option_group(
+    "Probe",
+    opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+        show_default=True, help="Seconds for the probe request, queue wait included."),
+)
 def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: str | None,
           ca_bundle: str | None) -> None:
     """Tell what an endpoint is and whether a batch would work against it.
@@ -377,16 +430,22 @@ def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: st
     sys.exit(0 if all(r.ok for r in reports) else EXIT_ENDPOINT_DOWN)
 
 
-@main.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
-              help="Prompts to run.  [default: the sample prompts shipped with qwen-batch]")
-@click.option("--output-dir", type=click.Path(file_okay=False),
-              help="Where to write the results.  [default: the demo folder above]")
-@click.option("--fresh", is_flag=True, help="Start over: drop the results of earlier runs first.")
-@click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True,
-              help="Which Gradio shape the fake Space speaks.")
-@click.option("--latency", type=float, default=0.3, show_default=True,
-              help="Seconds the fake Space takes per answer.")
+@main.command(context_settings=CONTEXT_SETTINGS, section=TRY_OUT)
+@cloup.option_group(
+    "Prompts and results",
+    click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+                 help="Prompts to run.  [default: the sample prompts shipped with qwen-batch]"),
+    click.option("--output-dir", type=click.Path(file_okay=False),
+                 help="Where to write the results.  [default: the demo folder above]"),
+    click.option("--fresh", is_flag=True, help="Start over: drop the results of earlier runs first."),
+)
+@cloup.option_group(
+    "Fake Space",
+    click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True,
+                 help="Which Gradio shape the fake Space speaks."),
+    click.option("--latency", type=float, default=0.3, show_default=True,
+                 help="Seconds the fake Space takes per answer."),
+)
 def demo(input_path: str | None, output_dir: str | None, fresh: bool, gradio: str,
          latency: float) -> None:
     """Run the sample prompts through the whole pipeline against a local fake Space.
@@ -449,21 +508,61 @@ def _run_demo(source: str, output: str, *, fresh: bool, gradio: int, latency: fl
     return outcome.exit_code
 
 
-@main.command("fake-space", context_settings=CONTEXT_SETTINGS)
-@click.option("--port", type=int, default=7860, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True)
-@click.option("--latency", type=float, default=0.3, show_default=True)
-@click.option("--chunks", type=int, default=10, show_default=True)
-@click.option("--concurrency-limit", type=int, help="Jobs running at once (others queue).")
-@click.option("--max-size", type=int, help="Waiting jobs allowed before joins get 503.")
-@click.option("--heartbeat", type=float, default=15.0, show_default=True)
-@click.option("--fault", multiple=True, metavar="NAME=RATE",
-              help="Random fault rate, e.g. cut=0.1 (repeatable).")
+@main.command("fake-space", context_settings=CONTEXT_SETTINGS, section=TRY_OUT)
+@cloup.option_group(
+    "Listening",
+    click.option("--host", default="127.0.0.1", show_default=True,
+                 help="Address to listen on (keep it on loopback for trials)."),
+    click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
+                 help="Port to listen on (0: any free port)."),
+)
+@cloup.option_group(
+    "Answers",
+    click.option("--gradio", type=click.Choice(["4", "6"]), default="4", show_default=True,
+                 help="Which Gradio version's wire format to speak."),
+    click.option("--latency", type=click.FloatRange(min=0), default=0.3, show_default=True,
+                 help="Seconds each answer takes to stream."),
+    click.option("--chunks", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Text chunks each answer is streamed in."),
+    click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=15.0,
+                 show_default=True, help="Seconds between heartbeats while a job waits."),
+)
+@cloup.option_group(
+    "Queue",
+    click.option("--concurrency-limit", type=click.IntRange(min=1),
+                 help="Jobs running at once (others queue).  [default: no limit]"),
+    click.option("--max-size", type=click.IntRange(min=0),
+                 help="Waiting jobs allowed before joins get 503 Queue is full.  "
+                 "[default: no limit]"),
+)
+@cloup.option_group(
+    "Faults",
+    click.option("--fault", multiple=True, metavar="NAME=RATE",
+                 help="Fail this share of the joins with fault NAME (listed above), e.g. cut=0.1; "
+                 "repeatable, rates add up to at most 1."),
+)
 def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
                concurrency_limit: int | None, max_size: int | None, heartbeat: float,
                fault: tuple[str, ...]) -> None:
-    """Serve the fake Space for manual trials: qwen-batch run ... --url http://127.0.0.1:PORT"""
+    """Serve a local fake of the Space, for trials without the network.
+
+    \b
+    Example:
+      qwen-batch fake-space --port 7860 --fault cut=0.1
+      qwen-batch run prompts.jsonl --url http://127.0.0.1:7860
+
+    A prompt can ask for a fault itself: [fault:NAME] fails its first attempt,
+    [fault:NAME:N] its first N. The faults (NAME), for --fault and for prompts:
+
+    \b
+      queue_full        the join answers 503 "Queue is full"
+      cut               the connection drops halfway through the answer
+      app_error         the job ends with success: false after 3 chunks
+      unexpected_error  "Server stopped unexpectedly" halfway, then the connection drops
+      stall             one chunk, then only heartbeats
+      bad_json          a data line that is not JSON after the first chunk, then normal
+      empty             the job completes with an empty answer
+    """
     from .fake_space import FakeSpaceConfig, serve
 
     rates: dict[str, float] = {}
@@ -487,7 +586,7 @@ def fake_space(port: int, host: str, gradio: str, latency: float, chunks: int,
         sys.exit(EXIT_USAGE)
 
 
-@main.command("sort", context_settings=CONTEXT_SETTINGS)
+@main.command("sort", context_settings=CONTEXT_SETTINGS, section=BATCH)
 @click.argument("output", type=click.Path(dir_okay=True))
 def sort_command(output: str) -> None:
     """Rewrite the JSONL OUTPUT of a finished run in input order (position, then sample).
@@ -521,14 +620,20 @@ def sort_command(output: str) -> None:
                err=True)
 
 
-@main.command("report", context_settings=CONTEXT_SETTINGS)
+@main.command("report", context_settings=CONTEXT_SETTINGS, section=BATCH)
 @click.argument("output")
-@click.option("--errors", "errors_path", help="The errors file of the run.  "
-              "[default: <output stem>.errors.jsonl beside OUTPUT]")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="Also draw latency and throughput over the run into this PNG "
-              "(needs matplotlib: pip install 'qwen-batch[plot]').")
+@cloup.option_group(
+    "Input",
+    click.option("--errors", "errors_path", help="The errors file of the run.  "
+                 "[default: <output stem>.errors.jsonl beside OUTPUT]"),
+)
+@cloup.option_group(
+    "Output",
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of text."),
+    click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+                 help="Also draw latency and throughput over the run into this PNG "
+                 "(needs matplotlib: pip install 'qwen-batch[plot]')."),
+)
 def report_command(output: str, errors_path: str | None, as_json: bool,
                    plot_path: str | None) -> None:
     """Summarise a finished OUTPUT: counts, latency and first-token percentiles,

@@ -2,7 +2,10 @@
 
 Every error a caller can see from qwen-batch derives from :class:`QwenBatchError`.
 Errors of a single request carry ``retryable``: whether the same request, sent
-again with a fresh session hash, may reasonably succeed.
+again with a fresh session hash, may reasonably succeed. Each class that gives an
+``error_type`` (the errors file's field) also gives its ``remedy``: one line saying
+what to do, appended to the record's ``error`` text (:func:`explain`) and listed in
+the README's table of error types.
 
     QwenBatchError
     ├── ModelNotFoundError            unknown model name given to the provider
@@ -12,6 +15,7 @@ again with a fresh session hash, may reasonably succeed.
     ├── OutputError                   the output cannot be written or resumed
     ├── LockedError                   another run holds the output's lock
     ├── EndpointDownError             the endpoint is unreachable or keeps failing (CLI exit 4)
+    ├── InternalError                 a bug met while handling one row (the others go on)
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
         │   ├── QueueFullError        503 "Queue is full"                       [yes]
@@ -64,6 +68,7 @@ class InputError(QwenBatchError):
     """
 
     error_type = "input"
+    remedy = "fix this row of the input (or --prompt-field, --template...) and run again"
 
     def __init__(self, message: str, *, location: str = "", field: str | None = None) -> None:
         self.location = location
@@ -86,6 +91,13 @@ class EndpointDownError(QwenBatchError):
     """The endpoint is unreachable or keeps failing; the run stopped early."""
 
 
+class InternalError(QwenBatchError):
+    """An unexpected exception (a bug) while handling one row; the other rows go on."""
+
+    error_type = "internal"
+    remedy = "a bug in qwen-batch: run again to retry the row, and report it with the -vv log"
+
+
 class RequestError(QwenBatchError):
     """One request to the Space failed.
 
@@ -95,6 +107,7 @@ class RequestError(QwenBatchError):
 
     retryable: bool = True
     error_type: str = "request"
+    remedy = "run again to retry the row (rows already done are skipped); -v logs each attempt"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -105,6 +118,10 @@ class HTTPStatusError(RequestError):
     """The server answered with an HTTP status we cannot use."""
 
     error_type = "http_status"
+    remedy = (
+        "check that --url is the Space (qwen-batch check --url URL); for 429 or 5xx, "
+        "run again later or lower --concurrency"
+    )
 
     def __init__(
         self, message: str, *, status: int, retry_after: float | None = None
@@ -118,6 +135,7 @@ class QueueFullError(HTTPStatusError):
     """The Space's queue is full (HTTP 503); come back later."""
 
     error_type = "queue_full"
+    remedy = "the Space's queue stayed full: run again later, or lower --concurrency or set --rate"
 
 
 class AccessDeniedError(HTTPStatusError):
@@ -128,12 +146,19 @@ class AccessDeniedError(HTTPStatusError):
     """
 
     error_type = "access_denied"
+    remedy = (
+        "401/403: give a token the Space accepts (HF_TOKEN or --hf-token); "
+        "407: fix the proxy's user and password in --proxy"
+    )
 
 
 class TransportError(RequestError):
     """The connection failed: refused, reset, DNS, TLS, or a broken body."""
 
     error_type = "transport"
+    remedy = (
+        "the connection broke: run again to retry the row; if it keeps happening, check the network and --proxy"
+    )
 
 
 class ConnectError(TransportError):
@@ -144,6 +169,7 @@ class ConnectError(TransportError):
     """
 
     error_type = "connect"
+    remedy = "check --url, --proxy and the network (qwen-batch check --url URL), then run again"
 
 
 class TLSError(ConnectError):
@@ -151,30 +177,45 @@ class TLSError(ConnectError):
 
     retryable = False
     error_type = "tls"
+    remedy = (
+        "give the CA that signs the certificate with --ca-bundle (a company proxy's, say), or fix --url, then run again"
+    )
 
 
 class StreamEndedError(TransportError):
     """The event stream ended before the server said the job was complete."""
 
     error_type = "stream_ended"
+    remedy = (
+        "the Space cut the answer short (a restart or overload): run again to retry the row, or lower --concurrency"
+    )
 
 
 class TimeoutError_(RequestError):  # the underscore avoids shadowing the builtin
-    """Base of the four request timeouts."""
+    """A request took too long (the base of the four timeouts below)."""
 
     error_type = "timeout"
+    remedy = (
+        "raise the matching timeout (--timeout, --read-timeout...) or run again to retry the row"
+    )
 
 
 class IdleTimeoutError(TimeoutError_):
     """Generation had started but no new text arrived within the idle timeout."""
 
     error_type = "idle_timeout"
+    remedy = (
+        "the answer stalled mid-generation: run again to retry the row, or raise --idle-timeout"
+    )
 
 
 class ReadTimeoutError(TimeoutError_):
     """Nothing at all, not even a heartbeat, arrived within the read timeout."""
 
     error_type = "read_timeout"
+    remedy = (
+        "nothing arrived, not even a heartbeat: check the network and --proxy, or raise --read-timeout, then run again"
+    )
 
 
 class RequestTimeoutError(TimeoutError_):
@@ -182,18 +223,25 @@ class RequestTimeoutError(TimeoutError_):
     answered within the request timeout."""
 
     error_type = "request_timeout"
+    remedy = (
+        "the Space was too slow to answer: run again when it is less busy, or raise --request-timeout"
+    )
 
 
 class AttemptTimeoutError(TimeoutError_):
     """The attempt (queue wait included) took longer than the total timeout."""
 
     error_type = "attempt_timeout"
+    remedy = (
+        "the attempt, queue wait included, took too long: raise --timeout or lower --concurrency, then run again"
+    )
 
 
 class ServerError(RequestError):
     """The server sent ``unexpected_error`` (unknown session, server stopping...)."""
 
     error_type = "server_error"
+    remedy = "the Space reported an error of its own (often a restart): run again to retry the row"
 
 
 class AppError(RequestError):
@@ -204,18 +252,25 @@ class AppError(RequestError):
     """
 
     error_type = "app_error"
+    remedy = (
+        "the Space's model call failed and it does not say why: run again to retry the row, later if many fail"
+    )
 
 
 class CancelledJobError(RequestError):
     """The server completed the job as cancelled (no output)."""
 
     error_type = "cancelled"
+    remedy = "the Space cancelled the job (a restart or a queue reset): run again to retry the row"
 
 
 class IncompleteResponseError(RequestError):
     """The job completed, but the answer is empty, too short, or marked still generating."""
 
     error_type = "incomplete"
+    remedy = (
+        "the answer was empty or shorter than --min-chars: run again to retry the row, or lower --min-chars"
+    )
 
 
 class SpaceUnavailableError(RequestError):
@@ -226,6 +281,9 @@ class SpaceUnavailableError(RequestError):
     """
 
     error_type = "space_unavailable"
+    remedy = (
+        "the Space is asleep, building, broken or gone: wait for it (see its page), or point --url at a running copy"
+    )
 
     def __init__(self, message: str, *, state: str, retry_after: float | None = None) -> None:
         super().__init__(message, retry_after=retry_after)
@@ -237,12 +295,17 @@ class ProtocolError(RequestError):
     """A message could not be decoded or did not have the expected shape."""
 
     error_type = "protocol"
+    remedy = (
+        "the Space sent what qwen-batch cannot read: check --url (qwen-batch check --url URL), "
+        "then run again to retry the row"
+    )
 
 
 class StreamDivergedError(ProtocolError):
     """Text already yielded is not a prefix of the final answer."""
 
     error_type = "stream_diverged"
+    remedy = "the streamed text changed under the final answer: run again to retry the row"
 
 
 class ResponseTooLargeError(RequestError):
@@ -250,6 +313,7 @@ class ResponseTooLargeError(RequestError):
 
     retryable = False
     error_type = "response_too_large"
+    remedy = "raise --max-response-chars, or ask the prompt for a shorter answer"
 
 
 class InvalidEndpointError(RequestError):
@@ -257,6 +321,7 @@ class InvalidEndpointError(RequestError):
 
     retryable = False
     error_type = "invalid_endpoint"
+    remedy = "fix --url: it must be an http:// or https:// URL of the Space"
 
 
 class DiscoveryError(RequestError):
@@ -264,3 +329,40 @@ class DiscoveryError(RequestError):
 
     retryable = False
     error_type = "discovery"
+    remedy = (
+        "--url is not the Qwen2 chat Space (no model_chat endpoint): fix it (qwen-batch check --url URL)"
+    )
+
+
+def error_types() -> dict[str, type[QwenBatchError]]:
+    """Every ``error_type`` a record can carry, with the class that gives it, in tree order."""
+    found: dict[str, type[QwenBatchError]] = {}
+
+    def walk(cls: type[QwenBatchError]) -> None:
+        error_type = vars(cls).get("error_type")
+        if isinstance(error_type, str):
+            found[error_type] = cls
+        for sub in cls.__subclasses__():
+            walk(sub)
+
+    walk(QwenBatchError)
+    return found
+
+
+def remedy(error_type: str) -> str:
+    """What to do about a failure of ``error_type`` (a generic line for an unknown type)."""
+    cls = error_types().get(error_type)
+    return str(getattr(cls, "remedy", RequestError.remedy)) if cls else RequestError.remedy
+
+
+REMEDY_SEPARATOR = " — "
+
+
+def explain(error_type: str, message: str) -> str:
+    """``"<what happened> — <what to do>"``; unchanged if ``message`` already says it.
+
+    Idempotent, so a record read back and written again (the Ray engine's results,
+    say) never carries the remedy twice.
+    """
+    suffix = REMEDY_SEPARATOR + remedy(error_type)
+    return message if message.endswith(suffix) else message + suffix

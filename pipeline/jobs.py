@@ -204,20 +204,21 @@ def _plan(
         counters.records += 1
         if isinstance(item, InputError):
             counters.input_errors += 1
-            yield Failure(None, position, "input", str(item), 0)
+            yield Failure(None, position, "input", str(item), 0, location=item.location)
             continue
         try:
             row = build_prompt_row(item, spec)
         except InputError as error:
             counters.input_errors += 1
-            yield Failure(_row_id(item, spec), item.position, "input", str(error), 0)
+            yield Failure(_row_id(item, spec), item.position, "input", str(error), 0,
+                          location=error.location or item.location)
             continue
         row_id = ids.assign(row.id, derived=spec.id_field not in item.values)
         if row_id is None:
             counters.input_errors += 1
             yield Failure(row.id, row.position, "input",
                           f"{row.location}, field {spec.id_field!r}: duplicate id {row.id!r} "
-                          "(an earlier row has it; ids must be unique)", 0)
+                          "(an earlier row has it; ids must be unique)", 0, location=row.location)
             continue
         if row_id != row.id:
             row = replace(row, id=row_id)

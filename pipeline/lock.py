@@ -13,6 +13,13 @@ from pipeline.models import iso_utc, utc_now
 
 log = logging.getLogger(__name__)
 
+_ATTEMPTS = 100
+"""Tries to lock a file that each time turns out removed by a run that just finished."""
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
 
 def lock_path(output_path: str) -> str:
     """The lock file of an output."""
@@ -24,10 +31,13 @@ class OutputLock:
 
     It is a non-blocking ``fcntl.flock`` on ``<output>.lock``. The kernel drops it
     when the holder exits, however it dies (SIGKILL included), so a stale lock
-    cannot exist and nothing ever needs deleting. The lock file is left in place on
-    purpose: deleting it would let two runs lock two different files of the same
-    name. POSIX only (Windows is out of scope); ``flock`` over NFS is only as
-    reliable as the NFS setup, so keep cron outputs on a local disk.
+    cannot exist. Releasing removes the file, while the lock is still held; a run
+    that gets the lock checks that the path still names the file it locked, and
+    starts over if not (it locked a file a finished run had just removed), so two
+    runs never hold two different files of one name. A run killed with SIGKILL
+    leaves its file behind: harmless, as it holds no lock, and the next run takes
+    it and removes it in turn. POSIX only (Windows is out of scope); ``flock`` over
+    NFS is only as reliable as the NFS setup, so keep cron outputs on a local disk.
 
     Acquiring raises LockedError, naming the holder's pid, host and start time,
     if another process holds it; OutputError if the lock file cannot be created.
@@ -47,19 +57,20 @@ class OutputLock:
         """Take the lock without waiting; raises LockedError if it is taken."""
         if self.path is None or self.held:
             return
-        try:
-            # Python opens it non-inheritable, so child processes never keep the lock alive.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(self._held_message()) from None
-        except OSError as exc:
-            os.close(fd)
-            raise OutputError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        for _ in range(_ATTEMPTS):
+            fd = self._open_locked(self.path)
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            except OSError as exc:
+                os.close(fd)
+                raise OutputError(f"cannot check {self.path}: {exc.strerror}") from exc
+            if current is not None and _same_file(current, os.fstat(fd)):
+                break
+            os.close(fd)  # a run that finished removed this file meanwhile: lock the new one
+        else:
+            raise OutputError(f"cannot lock {self.path}: it was replaced {_ATTEMPTS} times in a row")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": iso_utc(utc_now())}
         try:
             os.ftruncate(fd, 0)
@@ -68,11 +79,39 @@ class OutputLock:
             log.debug("cannot write the lock note %s: %s", self.path, exc)
         self._fd = fd
 
+    def _open_locked(self, path: str) -> int:
+        """A descriptor of ``path`` (created if need be) holding its flock."""
+        try:
+            # Python opens it non-inheritable, so child processes never keep the lock alive.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(self._held_message()) from None
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(f"cannot lock {path}: {exc.strerror}") from exc
+        return fd
+
     def release(self) -> None:
-        """Drop the lock (closing the descriptor releases it); safe to call twice."""
+        """Remove the lock file, then drop the lock; safe to call twice.
+
+        The file goes first, while the lock is held, so that no other run can lock
+        it in between and then lose it; a run that opened it before it went finds it
+        gone once it gets the lock, and starts over (see :meth:`acquire`).
+        """
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            try:
+                if self.path is not None and _same_file(os.stat(self.path), os.fstat(fd)):
+                    os.remove(self.path)  # (someone else's file after a hand-made mess: kept)
+            except OSError as exc:  # left behind: harmless, the next run reuses it
+                log.debug("cannot remove the lock file %s: %s", self.path, exc)
+            finally:
+                os.close(fd)
 
     def _held_message(self) -> str:
         holder = "pid unknown"

@@ -113,6 +113,8 @@ class Failure:
     trace: RequestTrace | None = None
     sample: int = 0
     retryable: bool = False
+    location: str = ""
+    """Where the row is in the input (``data.jsonl:17``); the row's own when it has one."""
 
 
 Result = Union[Success, Failure]  # noqa: UP007 - a runtime alias, fine on Python 3.10

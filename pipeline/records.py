@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.errors import explain
 from pipeline.models import Failure, Success, iso_utc, utc_now
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 
@@ -78,16 +79,18 @@ def kept_keys(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def failure_record(f: Failure) -> dict[str, Any]:
-    """The errors-file record of a failure; trace fields are None when no request was made."""
+    """The errors-file record of a failure; trace fields are None when no request was made.
+
+    ``error`` says what happened, then what to do about it (:func:`~pipeline.errors.explain`).
+    """
     trace = f.trace
     return {
         "id": f.id,
         "sample": f.sample,
         "position": f.position,
-        # Input errors raised before a row existed carry their location in ``error``.
-        "location": (f.row.location or None) if f.row is not None else None,
+        "location": f.location or (f.row.location if f.row is not None else "") or None,
         "error_type": f.error_type,
-        "error": f.error,
+        "error": explain(f.error_type, f.error),
         "attempts": f.attempts,
         "retryable": f.retryable,
         "session_hash": trace.session_hash if trace else None,

@@ -20,6 +20,7 @@ from .errors import (
     EndpointDownError,
     HTTPStatusError,
     IncompleteResponseError,
+    InternalError,
     QueueFullError,
     RequestError,
     ResponseTooLargeError,
@@ -232,7 +233,8 @@ async def run_batch(
                                row=row, trace=trace, sample=sample, retryable=error.retryable)
             except Exception as error:  # a bug must not sink the other rows
                 log.exception("row %s: unexpected error", row.id)
-                return Failure(row.id, row.position, "internal", f"{type(error).__name__}: {error}",
+                return Failure(row.id, row.position, InternalError.error_type,
+                               f"{type(error).__name__}: {error}",
                                attempt, row=row, trace=trace, sample=sample)
             return Success(row, completion.text, completion.trace, attempt, settings.model, sample)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
 from pipeline.partitioned import PartFormat, PartitionedOutput
 from pipeline.records import encode_record, record_key
 
@@ -208,6 +208,26 @@ def output_key(record: Mapping[str, Any], path: str) -> Key:
         raise OutputError(f"{path}: a record has no usable id/sample ({exc})") from exc
 
 
+def check_output(path: str, fmt: str | None = None, *, rows_per_file: int | None = None) -> str:
+    """The output's kind (``jsonl``/``parquet``), or ConfigError (a usage error) if it has none.
+
+    Called before a run takes the output's lock or creates any file.
+    """
+    kind = _output_kind(path, fmt)
+    if rows_per_file is not None:
+        if path == "-":
+            raise ConfigError("output in parts (--rows-per-file) needs a directory, not stdout")
+        return kind or "jsonl"
+    if kind == "parquet" and path == "-":
+        raise ConfigError("Parquet output cannot go to stdout: give a file path")
+    if not kind:
+        accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
+        raise ConfigError(f"{path}: cannot tell the output format from the suffix "
+                          f"{Path(path).suffix.lower()!r}; accepted suffixes are {accepted} "
+                          "(or give --output-format)")
+    return kind
+
+
 def open_output(
     path: str, fmt: str | None = None, *, fsync: bool = False, flush_rows: int = 10_000,
     rows_per_file: int | None = None, column_types: Mapping[str, Any] | None = None,
@@ -218,27 +238,18 @@ def open_output(
     records each (:mod:`.partitioned`); their format is ``fmt``, else the directory
     name's suffix (``out.parquet/``), else JSONL. ``column_types`` are the input's
     Arrow types of ``id`` and the kept columns, for Parquet output (JSON needs none).
+    ConfigError: see :func:`check_output`.
     """
+    kind = check_output(path, fmt, rows_per_file=rows_per_file)
     if rows_per_file is not None:
-        if path == "-":
-            raise OutputError("output in parts needs a directory, not stdout")
-        return PartitionedOutput(path, part_format(_output_kind(path, fmt) or "jsonl",
-                                                   fsync=fsync, flush_rows=flush_rows,
+        return PartitionedOutput(path, part_format(kind, fsync=fsync, flush_rows=flush_rows,
                                                    column_types=column_types),
                                  rows_per_file)
-    kind = _output_kind(path, fmt)
     if kind == "jsonl":
         return JsonlOutput(path, fsync=fsync)
-    if kind == "parquet" and path != "-":
-        from pipeline.parquet_output import ParquetOutput  # pyarrow: only when chosen
+    from pipeline.parquet_output import ParquetOutput  # pyarrow: only when chosen
 
-        return ParquetOutput(path, flush_rows=flush_rows, fsync=fsync, column_types=column_types)
-    if path == "-":
-        raise OutputError("Parquet output cannot go to stdout: give a file path")
-    accepted = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
-    raise OutputError(f"{path}: cannot tell the output format from the suffix "
-                      f"{Path(path).suffix.lower()!r}; accepted suffixes are {accepted} "
-                      "(or give the format)")
+    return ParquetOutput(path, flush_rows=flush_rows, fsync=fsync, column_types=column_types)
 
 
 def _output_kind(path: str, fmt: str | None) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.fake_space import fake_answer
+from pipeline.fake_space import FAULT_NAMES, fake_answer
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.rowspec import content_id
 
@@ -42,11 +44,51 @@ def by_id(records: list[dict]) -> dict[str, dict]:
     return {r["id"]: r for r in records}
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["fake-space"], ["sort"], ["report"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"], ["fake-space"], ["sort"],
+                                     ["report"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.output
+
+
+def test_every_command_is_listed_in_a_section() -> None:
+    text = invoke("--help").output
+    assert "Batch jobs:" in text and "Endpoints:" in text and "Trying it out (no network):" in text
+    listed = {name for section in main.list_sections(click.Context(main)) for name in section.commands}
+    assert listed == set(main.commands)
+
+
+@pytest.mark.parametrize("name", [None, *sorted(main.commands)])
+def test_every_option_has_a_help_line(name: str | None) -> None:
+    command = main if name is None else main.commands[name]
+    missing = [p.opts[0] for p in command.params
+               if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert missing == [], f"options of {name or 'qwen-batch'} without help: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_options_are_grouped_by_purpose(name: str) -> None:
+    command = main.commands[name]
+    grouped = [o.name for group in getattr(command, "option_groups", []) for o in group.options]
+    options = [p.name for p in command.params if isinstance(p, click.Option) and p.name != "help"]
+    assert sorted(grouped) == sorted(options), f"{name}: options outside a group"
+    assert len(grouped) == len(set(grouped))
+
+
+def test_run_help_has_the_groups_in_order() -> None:
+    text = invoke("run", "--help").output
+    titles = ["Input:", "Prompt building:", "Output:", "Endpoint:", "Retries and timeouts:",
+              "Pacing:", "Run control:", "Engine:"]
+    at = [text.index(f"\n{t}\n") for t in titles]
+    assert at == sorted(at)
+    assert text.index("--prompt-field") > text.index("Prompt building:") > text.index("--csv-infer-types")
+
+
+def test_fake_space_help_lists_every_fault() -> None:
+    text = invoke("fake-space", "--help").output
+    for fault in sorted(FAULT_NAMES):
+        assert re.search(rf"^ +{fault} +\S", text, re.MULTILINE), fault
 
 
 def test_run_help_shows_an_example_and_exit_codes() -> None:
@@ -98,14 +140,15 @@ def test_parquet_in_parquet_out_and_both_crossings(tmp_path: Path, threaded_spac
 
 
 def test_stdin_to_stdout(tmp_path: Path, monkeypatch, threaded_space) -> None:
-    monkeypatch.chdir(tmp_path)  # the errors file of a stdout run lands in the working directory
+    monkeypatch.chdir(tmp_path)
     lines = "".join(json.dumps(r) + "\n" for r in prompts(3))
-    result = invoke("run", "-", "-o", "-", "--url", threaded_space.url, *FAST, input=lines)
+    result = invoke("run", "-", "-o", "-", "--errors", "pipe.errors.jsonl",
+                    "--url", threaded_space.url, *FAST, input=lines)
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["id"] for r in records) == ["p0", "p1", "p2"]
     assert "qwen-batch summary" in result.stderr and "summary" not in result.stdout
-    assert (tmp_path / "qwen-batch.errors.jsonl").read_text() == ""
+    assert (tmp_path / "pipe.errors.jsonl").read_text() == ""
 
 
 def test_template_keep_system_and_messages(tmp_path: Path, threaded_space) -> None:
@@ -309,6 +352,19 @@ def test_default_config_file_is_valid_and_documents_every_option(tmp_path: Path)
     assert result.exit_code == 0, result.stderr
 
 
+def test_default_config_file_follows_the_help_groups() -> None:
+    text = (Path(__file__).parents[1] / "configs" / "default.toml").read_text()
+    parts = re.split(r"^# --- ([a-z ]+?)(?: \(.*\))? -+$", text, flags=re.MULTILINE)
+    sections = dict(zip(parts[1::2], parts[2::2], strict=True))
+    groups = main.commands["run"].option_groups
+    assert list(sections) == [g.title.lower() for g in groups]
+    for group in groups:
+        for option in group.options:
+            name = next(o for o in option.opts if o.startswith("--"))[2:]
+            if name != "config":
+                assert f"# {name} = " in sections[group.title.lower()], (group.title, name)
+
+
 def test_secrets_never_reach_output_errors_summary_or_logs(tmp_path: Path, threaded_space) -> None:
     source = write_jsonl(tmp_path / "s.jsonl", [*prompts(2), {"id": "f", "prompt": "[fault:app_error:9] x"}])
     summary = tmp_path / "summary.json"
@@ -440,7 +496,7 @@ def test_rows_per_file_writes_bounded_parts_and_resumes_into_them(
         rows = [pq.read_table(p).to_pylist() for p in parts]
     assert [len(r) for r in rows] == [4, 4, 3]
     assert sorted(by_id([r for part in rows for r in part])) == sorted(f"p{i}" for i in range(11))
-    assert (tmp_path / "parts.lock").exists() and not (out / ".lock").exists()
+    assert not (tmp_path / "parts.lock").exists() and not (out / ".lock").exists()
     (out / "notes.txt").write_text("mine")
     result = invoke(*args, "--overwrite", "--limit", "1")
     assert result.exit_code == 0, result.stderr

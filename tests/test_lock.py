@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import lock as lock_module
 from pipeline.errors import LockedError
 from pipeline.lock import OutputLock
 
@@ -52,9 +53,10 @@ def test_lock_writes_holder_info_and_releases(tmp_path: Path) -> None:
         info = json.loads(Path(output + ".lock").read_text())
         assert info["pid"] == os.getpid() and info["host"] and info["started_at"].endswith("Z")
     assert not lock.held
-    assert Path(output + ".lock").exists()  # left in place on purpose
+    assert not Path(output + ".lock").exists()  # removed on release
     with OutputLock(output):  # free again
         pass
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_second_lock_in_same_process_fails(tmp_path: Path) -> None:
@@ -78,8 +80,54 @@ def test_lock_frees_after_holder_is_sigkilled(holder: tuple[subprocess.Popen[str
         OutputLock(output).acquire()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with OutputLock(output) as lock:  # no stale lock to clean up
+    assert Path(output + ".lock").exists()  # a killed holder cannot remove its file...
+    with OutputLock(output) as lock:  # ...but holds no lock: the file is reused
         assert lock.held
+    assert not Path(output + ".lock").exists()  # and removed by the run that reused it
+
+
+def test_a_run_that_locked_a_removed_file_locks_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race of removing a lock file: B opens it, A removes it and exits, B gets the flock."""
+    output = str(tmp_path / "out.jsonl")
+    first = OutputLock(output)
+    first.acquire()
+    real_flock = lock_module.fcntl.flock
+    calls = 0
+
+    def flock_after_first_finishes(fd: int, operation: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # B has opened the file A holds; A finishes now
+            first.release()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", flock_after_first_finishes)
+    second = OutputLock(output)
+    second.acquire()
+    monkeypatch.setattr(lock_module.fcntl, "flock", real_flock)
+    try:
+        assert calls == 2  # the removed file, then the one the path names now
+        on_disk = os.stat(output + ".lock")
+        held = os.fstat(second._fd)
+        assert (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+        with pytest.raises(LockedError):  # a third run sees the lock B holds
+            OutputLock(output).acquire()
+    finally:
+        second.release()
+    assert not Path(output + ".lock").exists()
+
+
+def test_a_refused_run_leaves_the_holders_file(
+    holder: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, output = holder
+    lock = OutputLock(output)
+    with pytest.raises(LockedError):
+        lock.acquire()
+    lock.release()
+    assert Path(output + ".lock").exists()
 
 
 def test_stdout_output_takes_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

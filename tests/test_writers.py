@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
 from pipeline.parquet_output import OUTPUT_SCHEMA, ParquetOutput
 from pipeline.parquet_types import LEGACY_JSON, MIXED_TEXT
 from pipeline.records import encode_record
@@ -243,9 +243,9 @@ def test_open_output_by_suffix_and_format(tmp_path: Path) -> None:
     assert isinstance(out, JsonlOutput)
     out.close()
     assert open_output("-").done_keys() == set()
-    with pytest.raises(OutputError, match=r"\.csv"):
+    with pytest.raises(ConfigError, match=r"\.csv"):  # a usage error: exit 2
         open_output(str(tmp_path / "o.csv"))
-    with pytest.raises(OutputError, match="stdout"):
+    with pytest.raises(ConfigError, match="stdout"):
         open_output("-", "parquet")
 
 
