@@ -300,8 +300,10 @@ def test_signal_stops_with_130_and_summary_then_rerun_completes(
     assert f"({again} to quit at once)" in stderr, stderr
     assert "qwen-batch summary" in stderr and "INTERRUPTED" in stderr, stderr
     assert "Traceback" not in stderr, stderr
-    # In-flight requests are cancelled, not waited for: far less than the rest of the run.
-    assert stop_seconds < 3.0, stop_seconds
+    # That in-flight requests are cancelled, not waited for, is shown below from the Space's
+    # own counts (assert_partial, cancelled + abandoned); this only guards against a slow exit,
+    # with room for a loaded machine.
+    assert stop_seconds < 10.0, stop_seconds
     assert not Path(f"{output}.lock").exists(), "the lock must be released and removed at exit"
 
     if suffix == "parquet":  # a clean stop merges the journal: a complete Parquet file
