@@ -23,6 +23,7 @@ from .engines import open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, InputError, OutputError
 from .jobs import KeySet, Plan, PlanCounters, plan_rows
+from .jsonl import JsonlAppender
 from .lock import OutputLock
 from .models import Failure, PromptRow, RawRecord, Success, iso_utc, utc_now
 from .partitioned import remove_parts
@@ -36,7 +37,7 @@ from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
 from .summary import RunSummary
 from .watchdog import Watchdog
-from .writers import JsonlAppender, open_output
+from .writers import open_output
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pipeline.cli import main
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
+from pipeline.jsonl import iter_jsonl_records
 from pipeline.rowspec import RowSpec
-from pipeline.writers import iter_jsonl_records
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
 VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms", "ttft_ms",
