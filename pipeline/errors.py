@@ -2,7 +2,8 @@
 
 Every error a caller can see from qwen-batch derives from :class:`QwenBatchError`.
 Errors of a single request carry ``retryable``: whether the same request, sent
-again with a fresh session hash, may reasonably succeed.
+again with a fresh session hash, may reasonably succeed. The class says it, or its
+constructor from what it is given; nothing changes it after the error is made.
 
     QwenBatchError
     ├── ModelNotFoundError            unknown model name given to the provider
@@ -15,7 +16,9 @@ again with a fresh session hash, may reasonably succeed.
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
         │   ├── QueueFullError        503 "Queue is full"                       [yes]
-        │   └── AccessDeniedError     401/403 (token) or 407 (proxy credentials) [no]
+        │   ├── AccessDeniedError     401/403 (token) or 407 (proxy credentials) [no]
+        │   ├── RouteNotFoundError    404 on the join                           [route guessed: yes]
+        │   └── JoinRejectedError     500 on the join: the request itself is bad [no]
         ├── TransportError            connection refused, reset, DNS, TLS…      [yes]
         │   ├── StreamEndedError      stream closed before process_completed    [yes]
         │   └── ConnectError          no connection: refused, DNS, proxy down   [yes]
@@ -107,11 +110,14 @@ class HTTPStatusError(RequestError):
     error_type = "http_status"
 
     def __init__(
-        self, message: str, *, status: int, retry_after: float | None = None
+        self, message: str, *, status: int, retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
-        self.retryable = status == 429 or (status >= 500 and status != 501)
+        # By the status (429 and 5xx but 501), unless a subclass knows what the answer means.
+        self.retryable = (status == 429 or (status >= 500 and status != 501)
+                          if retryable is None else retryable)
 
 
 class QueueFullError(HTTPStatusError):
@@ -128,6 +134,28 @@ class AccessDeniedError(HTTPStatusError):
     """
 
     error_type = "access_denied"
+
+
+class RouteNotFoundError(HTTPStatusError):
+    """HTTP 404 on the queue join: the Space has no queue where the client looked.
+
+    ``guessed``: the route came from the default layout, not from the Space's
+    ``/config`` (which did not answer). A Space upgraded to Gradio 5+ moved its
+    routes under ``/gradio_api``, so the next attempt reads ``/config`` and finds
+    them: retryable. A route read from ``/config`` that is not there stays missing.
+    """
+
+    def __init__(self, message: str, *, guessed: bool, retry_after: float | None = None) -> None:
+        super().__init__(message, status=404, retry_after=retry_after, retryable=guessed)
+        self.guessed = guessed
+
+
+class JoinRejectedError(HTTPStatusError):
+    """HTTP 500 on the queue join: the Space rejected the request itself (a wrong
+    ``fn_index`` or payload), so sending it again gets the same answer."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=500, retry_after=retry_after, retryable=False)
 
 
 class TransportError(RequestError):
