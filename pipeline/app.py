@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
-from .alloc import pin_mmap_threshold
 from .client import DEFAULT_URL, Timeouts
 from .columns import Records, close_records, open_checked_input, output_types
 from .engines import Engine, EngineOptions, open_engine
@@ -345,7 +344,6 @@ async def run(options: RunOptions, *, engine: Engine | None = None) -> RunOutcom
     """
     summary = RunSummary(output=options.output, errors_file=options.errors,
                          samples=options.samples)
-    pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()
     fmt = detect_format(options.input, options.input_format)

@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__
+from .alloc import pin_mmap_threshold
 from .app import (
     EXIT_ENDPOINT_DOWN,
     EXIT_FAILURE,
@@ -327,6 +328,8 @@ def run_command(input_path: str, **o: Any) -> None:
 
 
 def _execute(options: RunOptions) -> int:
+    # Process-wide, so here and not in app.run: a program calling the library keeps its own.
+    pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     try:
         outcome = asyncio.run(run(options))
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler
