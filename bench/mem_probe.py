@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.records import encode_record, success_record
     from pipeline.rowspec import RowSpec
 
-    pin_mmap_threshold()  # as app.run does before every run
+    pin_mmap_threshold()  # as the run command does before every run
     level = STAGES.index(args.stage)
     out: dict[str, object] = {"stage": args.stage, "rows": 0}
     done = KeySet()

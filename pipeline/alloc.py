@@ -5,8 +5,9 @@ Two process-wide knobs, each applied at most once and never raising:
 * :func:`pin_mmap_threshold` (glibc): glibc raises its mmap threshold after the first
   large blocks are freed, so later 1 MiB batch buffers and 2 KB strings come from a
   heap that never shrinks; pinned at 128 KiB (what ``MALLOC_MMAP_THRESHOLD_=131072``
-  does), large blocks stay mmapped and go back to the OS when freed. Called when a run
-  starts (:func:`pipeline.app.run`), not at import time.
+  does), large blocks stay mmapped and go back to the OS when freed. Called by the
+  ``run`` command before the run starts (:mod:`pipeline.cli`), never at import time nor
+  by :func:`pipeline.app.run`: a program that uses the library keeps its allocator.
 * :func:`use_system_arrow_pool`: Arrow's bundled mimalloc keeps freed pages resident;
   the system allocator (with the pinned threshold) returns them. Called by the Parquet
   paths, the only ones that import pyarrow.

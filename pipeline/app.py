@@ -16,13 +16,13 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
-from .alloc import pin_mmap_threshold
 from .client import DEFAULT_URL, Timeouts
 from .columns import Records, close_records, open_checked_input, output_types
-from .engines import open_engine
+from .engines import Engine, EngineOptions, open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, InputError, OutputError
 from .jobs import KeySet, Plan, PlanCounters, plan_rows
+from .jsonl import JsonlAppender
 from .lock import OutputLock
 from .models import Failure, PromptRow, RawRecord, Success, iso_utc, utc_now
 from .partitioned import remove_parts
@@ -36,7 +36,7 @@ from .rowspec import RowSpec
 from .runner import BatchSettings, BatchState
 from .summary import RunSummary
 from .watchdog import Watchdog
-from .writers import JsonlAppender, check_output, open_output
+from .writers import check_output, open_output
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,17 @@ def watchdog_window(options: RunOptions) -> float:
     return WATCHDOG_FACTOR * max(waits)
 
 
+def engine_options(options: RunOptions) -> EngineOptions:
+    """The part of the run's options that its engine reads."""
+    return EngineOptions(
+        engine=options.engine, urls=options.urls, timeouts=options.timeouts,
+        proxy=options.proxy, hf_token=options.hf_token, ca_bundle=options.ca_bundle,
+        max_response_chars=options.max_response_chars, output=options.output,
+        concurrency=options.concurrency, actors=options.actors,
+        per_actor_concurrency=options.per_actor_concurrency, ray_address=options.ray_address,
+    )
+
+
 def _remove_outputs(options: RunOptions) -> None:
     if options.rows_per_file is not None and os.path.isdir(options.output):
         remove_parts(options.output)
@@ -148,7 +159,7 @@ def _count_rows(path: str, fmt: str) -> int | None:
 
 
 async def _drive(options: RunOptions, fmt: str, records: Records, head: list[RawRecord | InputError],
-                 summary: RunSummary, stop: asyncio.Event, redact: Redact) -> None:
+                 summary: RunSummary, stop: asyncio.Event, redact: Redact, engine: Engine) -> None:
     run_started = iso_utc(utc_now())
     output = open_output(options.output, options.output_format,
                          rows_per_file=options.rows_per_file,
@@ -211,7 +222,7 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
             summary.stalled = message
 
         async with Watchdog(window, moved, stop, stuck, grace=min(window, WATCHDOG_GRACE)), \
-                open_engine(options, rows, settings, stop, state) as results, \
+                engine(engine_options(options), rows, settings, stop, state) as results, \
                 progress.ticking():
             try:
                 async for result in results:
@@ -327,11 +338,14 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
             loop.remove_signal_handler(sig)
 
 
-async def run(options: RunOptions) -> RunOutcome:
-    """Run one batch job; the exit code says how it ended (see the README's table)."""
+async def run(options: RunOptions, *, engine: Engine | None = None) -> RunOutcome:
+    """Run one batch job; the exit code says how it ended (see the README's table).
+
+    ``engine`` runs the planned rows instead of the engine ``options.engine`` names
+    (see :mod:`pipeline.engines`); tests pass a double of the Ray engine this way.
+    """
     summary = RunSummary(output=options.output, errors_file=options.errors,
                          samples=options.samples)
-    pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     stop = asyncio.Event()
     started = time.monotonic()
     fmt = detect_format(options.input, options.input_format)
@@ -349,7 +363,8 @@ async def run(options: RunOptions) -> RunOutcome:
             _remove_outputs(options)
         with contextlib.contextmanager(_install_signals)(stop, summary), redacted_logs(redact):
             try:
-                await _drive(options, fmt, records, head, summary, stop, redact)
+                await _drive(options, fmt, records, head, summary, stop, redact,
+                             engine or open_engine)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if summary.stalled is None:

@@ -16,6 +16,7 @@ import cloup
 from click.core import ParameterSource
 
 from . import __version__
+from .alloc import pin_mmap_threshold
 from .app import (
     EXIT_ENDPOINT_DOWN,
     EXIT_FAILURE,
@@ -377,6 +378,8 @@ def _errors_path(input_path: str, output: str, errors: str | None) -> str:
 
 
 def _execute(options: RunOptions) -> int:
+    # Process-wide, so here and not in app.run: a program calling the library keeps its own.
+    pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
     try:
         outcome = asyncio.run(run(options))
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler

@@ -30,12 +30,14 @@ from .errors import (
     HTTPStatusError,
     IdleTimeoutError,
     IncompleteResponseError,
+    JoinRejectedError,
     ProtocolError,
     QueueFullError,
     ReadTimeoutError,
     RequestError,
     RequestTimeoutError,
     ResponseTooLargeError,
+    RouteNotFoundError,
     SpaceUnavailableError,
     StreamDivergedError,
     StreamEndedError,
@@ -419,18 +421,17 @@ class GradioQueueClient:
             return QueueFullError(
                 f"HTTP 503 from {where}: {text or 'queue full'}", status=503, retry_after=retry_after
             )
-        error = status_error(status, f"HTTP {status} from {where}: {text}",
-                             retry_after=retry_after, proxy=self.proxy)
+        message = f"HTTP {status} from {where}: {text}"
         if status == 404:
             # A Space upgraded to Gradio 5+ moves its routes under /gradio_api:
             # forget the layout so the next attempt reads /config again (unless
             # another request already did and found a new one).
             if self._info is info:
                 self._info = None
-            error.retryable = not info.discovered
-        elif status == 500:
-            error.retryable = False  # a bad fn_index or payload; sending it again won't help
-        return error
+            return RouteNotFoundError(message, guessed=not info.discovered, retry_after=retry_after)
+        if status == 500:
+            return JoinRejectedError(message, retry_after=retry_after)
+        return status_error(status, message, retry_after=retry_after, proxy=self.proxy)
 
     def _routes(self, api_prefix: str) -> tuple[URL, str]:
         """The join URL and the (encoded) data URL text under ``api_prefix``, built once."""

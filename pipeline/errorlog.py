@@ -9,8 +9,8 @@ from typing import Any
 
 from .errors import OutputError
 from .jobs import KeySet
+from .jsonl import iter_jsonl_records
 from .records import encode_record
-from .writers import iter_jsonl_records
 
 
 def failure_key(record: Mapping[str, Any]) -> tuple[str, int]:

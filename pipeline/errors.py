@@ -2,10 +2,11 @@
 
 Every error a caller can see from qwen-batch derives from :class:`QwenBatchError`.
 Errors of a single request carry ``retryable``: whether the same request, sent
-again with a fresh session hash, may reasonably succeed. Each class that gives an
-``error_type`` (the errors file's field) also gives its ``remedy``: one line saying
-what to do, appended to the record's ``error`` text (:func:`explain`) and listed in
-the README's table of error types.
+again with a fresh session hash, may reasonably succeed. The class says it, or its
+constructor from what it is given; nothing changes it after the error is made. Each
+class that gives an ``error_type`` (the errors file's field) also gives its ``remedy``:
+one line saying what to do, appended to the record's ``error`` text (:func:`explain`)
+and listed in the README's table of error types.
 
     QwenBatchError
     ├── ModelNotFoundError            unknown model name given to the provider
@@ -19,7 +20,9 @@ the README's table of error types.
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
         │   ├── QueueFullError        503 "Queue is full"                       [yes]
-        │   └── AccessDeniedError     401/403 (token) or 407 (proxy credentials) [no]
+        │   ├── AccessDeniedError     401/403 (token) or 407 (proxy credentials) [no]
+        │   ├── RouteNotFoundError    404 on the join                           [route guessed: yes]
+        │   └── JoinRejectedError     500 on the join: the request itself is bad [no]
         ├── TransportError            connection refused, reset, DNS, TLS…      [yes]
         │   ├── StreamEndedError      stream closed before process_completed    [yes]
         │   └── ConnectError          no connection: refused, DNS, proxy down   [yes]
@@ -124,11 +127,14 @@ class HTTPStatusError(RequestError):
     )
 
     def __init__(
-        self, message: str, *, status: int, retry_after: float | None = None
+        self, message: str, *, status: int, retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
-        self.retryable = status == 429 or (status >= 500 and status != 501)
+        # By the status (429 and 5xx but 501), unless a subclass knows what the answer means.
+        self.retryable = (status == 429 or (status >= 500 and status != 501)
+                          if retryable is None else retryable)
 
 
 class QueueFullError(HTTPStatusError):
@@ -150,6 +156,28 @@ class AccessDeniedError(HTTPStatusError):
         "401/403: give a token the Space accepts (HF_TOKEN or --hf-token); "
         "407: fix the proxy's user and password in --proxy"
     )
+
+
+class RouteNotFoundError(HTTPStatusError):
+    """HTTP 404 on the queue join: the Space has no queue where the client looked.
+
+    ``guessed``: the route came from the default layout, not from the Space's
+    ``/config`` (which did not answer). A Space upgraded to Gradio 5+ moved its
+    routes under ``/gradio_api``, so the next attempt reads ``/config`` and finds
+    them: retryable. A route read from ``/config`` that is not there stays missing.
+    """
+
+    def __init__(self, message: str, *, guessed: bool, retry_after: float | None = None) -> None:
+        super().__init__(message, status=404, retry_after=retry_after, retryable=guessed)
+        self.guessed = guessed
+
+
+class JoinRejectedError(HTTPStatusError):
+    """HTTP 500 on the queue join: the Space rejected the request itself (a wrong
+    ``fn_index`` or payload), so sending it again gets the same answer."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=500, retry_after=retry_after, retryable=False)
 
 
 class TransportError(RequestError):

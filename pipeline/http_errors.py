@@ -26,23 +26,29 @@ from .errors import (
 )
 from .proxies import mask_proxy, secret_spellings
 
+Redact = Callable[[str], str]
 
-def _describe(exc: BaseException) -> str:
+
+def _keep(text: str) -> str:
+    return text
+
+
+def _describe(exc: BaseException, redact: Redact) -> str:
     text = str(exc) if exc.args else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
-def _status(exc: BaseException) -> RequestError:
+def _status(exc: BaseException, redact: Redact) -> RequestError:
     status = int(getattr(exc, "status", 0) or 0)
     if status in (401, 403, 407):
-        return AccessDeniedError(f"HTTP {status}: {_describe(exc)}", status=status)
-    return HTTPStatusError(f"HTTP {status}: {_describe(exc)}", status=status)
+        return AccessDeniedError(f"HTTP {status}: {_describe(exc, redact)}", status=status)
+    return HTTPStatusError(f"HTTP {status}: {_describe(exc, redact)}", status=status)
 
 
-def _tunnel(exc: BaseException) -> RequestError:
+def _tunnel(exc: BaseException, redact: Redact) -> RequestError:
     """The proxy answered CONNECT with something else than 200."""
     status = int(getattr(exc, "status", 0) or 0)
-    reason = getattr(exc, "message", "") or ""
+    reason = redact(getattr(exc, "message", "") or "")
     if status == 407:
         return AccessDeniedError(
             f"HTTP 407 {reason} from the proxy: it refused the proxy credentials", status=407)
@@ -65,41 +71,45 @@ def status_error(status: int, text: str, *, retry_after: float | None = None,
     return HTTPStatusError(text, status=status, retry_after=retry_after)
 
 
-_Factory = Callable[[BaseException], RequestError]
+_Factory = Callable[[BaseException, Redact], RequestError]
+"""Our error for an aiohttp exception, its text scrubbed by the redactor as it is made."""
+
+
+def _as(error: Callable[[str], RequestError], what: str) -> _Factory:
+    """A factory of ``error("<what>: <the exception, described and redacted>")``."""
+    return lambda exc, redact: error(f"{what}: {_describe(exc, redact)}")
+
 
 # Order matters: the first class that matches wins, so subclasses come first.
 _TABLE: tuple[tuple[type[BaseException], _Factory], ...] = (
-    (aiohttp.InvalidURL, lambda e: InvalidEndpointError(f"invalid URL: {_describe(e)}")),
-    (aiohttp.NonHttpUrlClientError, lambda e: InvalidEndpointError(f"not an HTTP URL: {_describe(e)}")),
-    (aiohttp.RedirectClientError, lambda e: InvalidEndpointError(f"bad redirect: {_describe(e)}")),
-    (aiohttp.ContentTypeError, lambda e: ProtocolError(f"unexpected content type: {_describe(e)}")),
+    (aiohttp.InvalidURL, _as(InvalidEndpointError, "invalid URL")),
+    (aiohttp.NonHttpUrlClientError, _as(InvalidEndpointError, "not an HTTP URL")),
+    (aiohttp.RedirectClientError, _as(InvalidEndpointError, "bad redirect")),
+    (aiohttp.ContentTypeError, _as(ProtocolError, "unexpected content type")),
     (aiohttp.ClientHttpProxyError, _tunnel),
     (aiohttp.ClientResponseError, _status),
-    (aiohttp.ClientPayloadError, lambda e: StreamEndedError(f"response body cut short: {_describe(e)}")),
-    (aiohttp.ServerDisconnectedError, lambda e: StreamEndedError(f"server closed the connection: {_describe(e)}")),
-    (aiohttp.SocketTimeoutError, lambda e: ReadTimeoutError(f"read timed out: {_describe(e)}")),
-    (aiohttp.ConnectionTimeoutError, lambda e: ConnectError(f"connect timed out: {_describe(e)}")),
-    (aiohttp.ServerTimeoutError, lambda e: ReadTimeoutError(f"server timed out: {_describe(e)}")),
-    (aiohttp.ClientProxyConnectionError, lambda e: ConnectError(f"cannot reach the proxy: {_describe(e)}")),
-    (aiohttp.ClientSSLError, lambda e: TLSError(f"TLS failure: {_describe(e)}")),
-    (aiohttp.ClientConnectorError, lambda e: ConnectError(f"cannot connect: {_describe(e)}")),
-    (aiohttp.ClientConnectionError, lambda e: TransportError(f"connection failed: {_describe(e)}")),
-    (aiohttp.ClientError, lambda e: TransportError(f"HTTP client error: {_describe(e)}")),
-    (asyncio.TimeoutError, lambda e: ReadTimeoutError(f"timed out: {_describe(e)}")),
-    (OSError, lambda e: TransportError(f"network error: {_describe(e)}")),
+    (aiohttp.ClientPayloadError, _as(StreamEndedError, "response body cut short")),
+    (aiohttp.ServerDisconnectedError, _as(StreamEndedError, "server closed the connection")),
+    (aiohttp.SocketTimeoutError, _as(ReadTimeoutError, "read timed out")),
+    (aiohttp.ConnectionTimeoutError, _as(ConnectError, "connect timed out")),
+    (aiohttp.ServerTimeoutError, _as(ReadTimeoutError, "server timed out")),
+    (aiohttp.ClientProxyConnectionError, _as(ConnectError, "cannot reach the proxy")),
+    (aiohttp.ClientSSLError, _as(TLSError, "TLS failure")),
+    (aiohttp.ClientConnectorError, _as(ConnectError, "cannot connect")),
+    (aiohttp.ClientConnectionError, _as(TransportError, "connection failed")),
+    (aiohttp.ClientError, _as(TransportError, "HTTP client error")),
+    (asyncio.TimeoutError, _as(ReadTimeoutError, "timed out")),
+    (OSError, _as(TransportError, "network error")),
 )
 
 MAPPED_TYPES: tuple[type[BaseException], ...] = tuple(cls for cls, _ in _TABLE)
 
 
-def map_transport_error(exc: BaseException, redact: Callable[[str], str] | None = None) -> RequestError:
+def map_transport_error(exc: BaseException, redact: Redact | None = None) -> RequestError:
     """Our error for an aiohttp/OS exception (``redact`` scrubs secrets from the text)."""
     for cls, factory in _TABLE:
         if isinstance(exc, cls):
-            error = factory(exc)
-            if redact is not None:
-                error.args = tuple(redact(str(a)) for a in error.args)
-            return error
+            return factory(exc, redact or _keep)
     raise TypeError(f"not a transport exception: {type(exc).__name__}")
 
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pipeline.alloc import use_system_arrow_pool
 from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
+from pipeline.jsonl import JsonlAppender, iter_jsonl_records
 from pipeline.parquet_order import Buffered, in_input_order, interleave
 from pipeline.parquet_types import (
     OUTPUT_SCHEMA,
@@ -30,7 +31,7 @@ from pipeline.parquet_types import (
     plan,
     unify,
 )
-from pipeline.writers import JsonlAppender, Key, iter_jsonl_records, output_key
+from pipeline.records import Key, output_key
 
 log = logging.getLogger(__name__)
 

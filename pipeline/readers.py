@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
 
@@ -287,24 +287,6 @@ def _parse_json_line(line: bytes, position: int, location: str) -> RawRecord | I
     if not isinstance(value, dict):
         return InputError(f"expected a JSON object, got {_type_name(value)}", location=location)
     return RawRecord(position=position, location=location, values=value)
-
-
-def approx_size(value: Any, limit: int) -> int:
-    """Rough size of a value in bytes (strings and bytes by length); stops past ``limit``."""
-    total = 0
-    stack = [value]
-    while stack and total <= limit:
-        item = stack.pop()
-        if isinstance(item, (str, bytes)):
-            total += len(item)
-        elif isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        else:
-            total += 8
-    return total
 
 
 def _type_name(value: Any) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, cast
 
 import pyarrow as pa
@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 from pipeline.alloc import use_system_arrow_pool
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
-from pipeline.readers import approx_size
 
 ARROW_ERRORS = (OSError, ValueError, TypeError, pa.ArrowException)
 _PARQUET_BUFFER = 1 << 20  # read a column chunk through a 1 MiB buffer, page by page
@@ -110,6 +109,24 @@ def _rows(batches: Iterable[Any], where: Any, position: int, limit: int,
             yield _record(values, position, where(row), limit)
             position += 1
             row += 1
+
+
+def approx_size(value: Any, limit: int) -> int:
+    """Rough size of a value in bytes (strings and bytes by length); stops past ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
 
 def _record(values: dict[str, Any], position: int, location: str,

@@ -10,9 +10,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.errors import explain
+from pipeline.errors import OutputError, explain
 from pipeline.models import Failure, Success, iso_utc, utc_now
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
+
+Key = tuple[str, int]
+"""A record's resume key: ``(id, sample)``."""
 
 STANDARD_FIELDS: tuple[str, ...] = (
     "id", "sample", "position", "prompt", "system", "completion", "model", "attempts", "session_hash",
@@ -108,6 +111,14 @@ def record_key(record: Mapping[str, Any]) -> tuple[str, int]:
     if record_id is None:
         raise ValueError("the record has no 'id'")
     return str(record_id), int(record.get("sample") or 0)
+
+
+def output_key(record: Mapping[str, Any], path: str) -> Key:
+    """A stored record's ``(id, sample)``; OutputError naming ``path`` if it has none."""
+    try:
+        return record_key(record)
+    except (ValueError, TypeError) as exc:
+        raise OutputError(f"{path}: a record has no usable id/sample ({exc})") from exc
 
 
 def json_default(obj: Any) -> Any:

@@ -18,8 +18,9 @@ from typing import Any
 
 from pipeline.digests import DigestSet, digest64
 from pipeline.errors import OutputError
+from pipeline.jsonl import iter_jsonl_records
 from pipeline.summary import Reservoir
-from pipeline.writers import PARQUET_SUFFIXES, iter_jsonl_records
+from pipeline.writers import PARQUET_SUFFIXES
 
 JOURNAL_SUFFIX = ".journal.jsonl"
 _PART = re.compile(r"part-\d{6,}\.(jsonl|parquet)(\.journal\.jsonl)?$")

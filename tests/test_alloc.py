@@ -83,3 +83,33 @@ def test_an_arrow_pool_chosen_in_the_environment_is_kept() -> None:
         print(use_system_arrow_pool(), pa.default_memory_pool().backend_name == before)
     """, ARROW_DEFAULT_MEMORY_POOL="mimalloc")
     assert out == "False True"
+
+
+def _one_row(tmp_path: Path) -> Path:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "prompt": "hello"}\n', encoding="utf-8")
+    return source
+
+
+async def test_a_run_as_a_library_leaves_the_process_allocator_alone(tmp_path: Path) -> None:
+    from pipeline.app import RunOptions, run
+    from pipeline.fake_space import FakeSpaceConfig, run_fake_space
+
+    async with run_fake_space(FakeSpaceConfig(gradio_major=4, latency=0.0)) as space:
+        outcome = await run(RunOptions(input=str(_one_row(tmp_path)),
+                                       output=str(tmp_path / "out.jsonl"),
+                                       errors=str(tmp_path / "errors.jsonl"),
+                                       urls=(space.url,), progress=False))
+    assert outcome.exit_code == 0
+    assert alloc.pin_mmap_threshold.cache_info().misses == 0  # never asked for
+
+
+def test_the_run_command_pins_the_threshold_for_its_process(tmp_path: Path, threaded_space) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(_one_row(tmp_path)), "--url", threaded_space.url,
+                                       "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert alloc.pin_mmap_threshold.cache_info().misses == 1

@@ -118,7 +118,7 @@ async def test_config_without_model_chat_is_a_discovery_error(mocked) -> None:
     ("status", "body", "error", "retryable"),
     [
         (503, {"detail": "Queue is full. Max size is 2 and size is 2."}, errors.QueueFullError, True),
-        (500, "Internal Server Error", errors.HTTPStatusError, False),
+        (500, "Internal Server Error", errors.JoinRejectedError, False),  # a bad payload
         (400, {"detail": "Session hash not found."}, errors.HTTPStatusError, False),
         (422, {"detail": "validation"}, errors.HTTPStatusError, False),
         (429, {"detail": "slow down"}, errors.HTTPStatusError, True),
@@ -151,9 +151,9 @@ async def test_queue_full_carries_retry_after(mocked) -> None:
 async def test_404_after_discovery_is_final_but_after_fallback_rediscovers(mocked) -> None:
     mock_space(mocked, join_status=404, join_body={"detail": "Not Found"})
     async with GradioQueueClient(URL) as client:
-        with pytest.raises(errors.HTTPStatusError) as info:
+        with pytest.raises(errors.RouteNotFoundError) as info:
             await client.complete("q")
-    assert not info.value.retryable
+    assert not info.value.guessed and not info.value.retryable
 
     # The default layout (root paths) is wrong for an upgraded Space: retry after re-reading /config.
     mocked.get(f"{URL}/config", status=503)
@@ -162,9 +162,9 @@ async def test_404_after_discovery_is_final_but_after_fallback_rediscovers(mocke
     mocked.post(f"{URL}/gradio_api/queue/join", payload={"event_id": "e1"})
     mocked.get(DATA, body=happy_stream())
     async with GradioQueueClient(URL) as client:
-        with pytest.raises(errors.HTTPStatusError) as info:
+        with pytest.raises(errors.RouteNotFoundError) as info:
             await client.complete("q")
-        assert info.value.retryable
+        assert info.value.guessed and info.value.retryable
         assert (await client.complete("q")).text == "no no no café"
 
 

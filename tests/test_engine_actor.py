@@ -39,13 +39,13 @@ from pipeline.engines.stream import (
 from pipeline.fake_space import FakeSpaceConfig, fake_answer, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
 from pipeline.jobs import KeySet, plan_rows
+from pipeline.jsonl import iter_jsonl_records
 from pipeline.models import PromptRow
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.readers import read_records
 from pipeline.records import failure_record, success_record
 from pipeline.rowspec import RowSpec
 from pipeline.runner import run_batch
-from pipeline.writers import iter_jsonl_records
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
 VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms", "ttft_ms",

@@ -1,4 +1,4 @@
-"""The Ray engine's driver side without Ray: ``RunOptions(engine="inprocess")``.
+"""The Ray engine's driver side without Ray: ``run(options, engine=open_inprocess)``.
 
 The in-process executor runs the same per-actor callables over the same spool, in
 blocks as Ray Data does, so these tests cover what the driver does for the Ray engine
@@ -20,14 +20,15 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from inprocess_engine import InProcessExecutor, open_inprocess
 
 from pipeline.app import RunOptions, RunOutcome, run
 from pipeline.cli import main
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
+from pipeline.jsonl import iter_jsonl_records
 from pipeline.rowspec import RowSpec
-from pipeline.writers import iter_jsonl_records
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
 VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms", "ttft_ms",
@@ -60,8 +61,13 @@ def options(tmp_path: Path, url: str, output: str, **changes: Any) -> RunOptions
                       errors=str(out.with_name(out.stem + ".errors.jsonl")),
                       spec=RowSpec(keep=("topic", "n")), urls=(url,), concurrency=4,
                       progress=False, max_attempts=2, retry_base_delay=0.01,
-                      retry_max_delay=0.02, timeouts=TIMEOUTS, engine="inprocess")
+                      retry_max_delay=0.02, timeouts=TIMEOUTS)
     return replace(base, **changes)
+
+
+async def run_inprocess(options: RunOptions) -> RunOutcome:
+    """The run with the double of the Ray engine (tests/inprocess_engine.py)."""
+    return await run(options, engine=open_inprocess)
 
 
 def read_output(path: str) -> list[dict[str, Any]]:
@@ -88,10 +94,10 @@ def counts(outcome: RunOutcome) -> tuple[int, int, int, int]:
 async def test_the_same_records_errors_summary_and_exit_code_as_local(
         tmp_path: Path, space: RunningFakeSpace, suffix: str) -> None:
     write_input(tmp_path / "in.jsonl")
-    local = await run(options(tmp_path, space.url, f"local.{suffix}", engine="local"))
+    local = await run(options(tmp_path, space.url, f"local.{suffix}"))
     joins_local = space.space.stats.joins
     space.space.stats.attempts_by_prompt.clear()  # the [fault:cut:1] row fails once again
-    mine = await run(options(tmp_path, space.url, f"mine.{suffix}", actors=2))
+    mine = await run_inprocess(options(tmp_path, space.url, f"mine.{suffix}", actors=2))
     assert mine.exit_code == local.exit_code == 3
     assert counts(mine) == counts(local) == (ROWS - 1, 1, 2, 0)
     assert space.space.stats.joins == 2 * joins_local  # the same requests, retries included
@@ -109,13 +115,13 @@ async def test_the_same_records_errors_summary_and_exit_code_as_local(
 async def test_resume_across_engines_each_id_once_and_never_asked_twice(
         tmp_path: Path, space: RunningFakeSpace) -> None:
     write_input(tmp_path / "in.jsonl", messy=False)
-    first = await run(options(tmp_path, space.url, "out.jsonl", engine="local", limit=12))
+    first = await run(options(tmp_path, space.url, "out.jsonl", limit=12))
     assert first.summary.succeeded == 12
-    second = await run(options(tmp_path, space.url, "out.jsonl", limit=15))
+    second = await run_inprocess(options(tmp_path, space.url, "out.jsonl", limit=15))
     assert (second.summary.succeeded, second.summary.skipped_done) == (15, 12)
-    third = await run(options(tmp_path, space.url, "out.jsonl", engine="local"))
+    third = await run(options(tmp_path, space.url, "out.jsonl"))
     assert (third.summary.succeeded, third.summary.skipped_done) == (ROWS - 27, 27)
-    fourth = await run(options(tmp_path, space.url, "out.jsonl"))
+    fourth = await run_inprocess(options(tmp_path, space.url, "out.jsonl"))
     assert (fourth.summary.succeeded, fourth.summary.skipped_done) == (0, ROWS)
     ids = Counter(r["id"] for r in read_output(str(tmp_path / "out.jsonl")))
     assert set(ids.values()) == {1} and len(ids) == ROWS
@@ -127,9 +133,9 @@ async def test_parts_of_bounded_rows_resume_across_engines(
         tmp_path: Path, space: RunningFakeSpace) -> None:
     write_input(tmp_path / "in.jsonl", messy=False)
     parts = dict(output_format="parquet", rows_per_file=7)
-    first = await run(options(tmp_path, space.url, "out", limit=10, **parts))
-    second = await run(options(tmp_path, space.url, "out", engine="local", limit=9, **parts))
-    third = await run(options(tmp_path, space.url, "out", **parts))
+    first = await run_inprocess(options(tmp_path, space.url, "out", limit=10, **parts))
+    second = await run(options(tmp_path, space.url, "out", limit=9, **parts))
+    third = await run_inprocess(options(tmp_path, space.url, "out", **parts))
     assert [o.summary.succeeded for o in (first, second, third)] == [10, 9, ROWS - 19]
     files = sorted((tmp_path / "out").iterdir())
     sizes = [pq.read_metadata(f).num_rows for f in files]
@@ -143,8 +149,8 @@ async def test_parts_of_bounded_rows_resume_across_engines(
 async def test_samples_resume_per_sample_across_engines(tmp_path: Path,
                                                         space: RunningFakeSpace) -> None:
     write_input(tmp_path / "in.jsonl", rows=6, messy=False)
-    await run(options(tmp_path, space.url, "out.jsonl", engine="local", samples=2))
-    done = await run(options(tmp_path, space.url, "out.jsonl", samples=3))
+    await run(options(tmp_path, space.url, "out.jsonl", samples=2))
+    done = await run_inprocess(options(tmp_path, space.url, "out.jsonl", samples=3))
     assert done.summary.succeeded == 6  # only sample 2 of each row was missing
     keys = Counter((r["id"], r["sample"]) for r in read_output(str(tmp_path / "out.jsonl")))
     assert len(keys) == 18 and set(keys.values()) == {1}
@@ -153,8 +159,8 @@ async def test_samples_resume_per_sample_across_engines(tmp_path: Path,
 async def test_a_gone_endpoint_stops_the_run_with_exit_4(tmp_path: Path) -> None:
     write_input(tmp_path / "in.jsonl", messy=False)
     async with run_fake_space(FakeSpaceConfig(gradio_major=4, hf_state="gone")) as gone:
-        outcome = await run(options(tmp_path, gone.url, "out.jsonl", actors=1,
-                                    per_actor_concurrency=2))
+        outcome = await run_inprocess(options(tmp_path, gone.url, "out.jsonl", actors=1,
+                                              per_actor_concurrency=2))
         joins = gone.space.stats.joins
     assert outcome.exit_code == 4
     assert outcome.summary.endpoint_down and "gone" in outcome.summary.endpoint_down
@@ -165,13 +171,13 @@ async def test_a_deadline_leaves_the_rest_for_the_next_run(tmp_path: Path,
                                                            space: RunningFakeSpace) -> None:
     write_input(tmp_path / "in.jsonl", messy=False)
     space.space.config.latency = 0.4
-    stopped = await run(options(tmp_path, space.url, "out.jsonl", deadline=0.5, grace=5,
-                                actors=1, per_actor_concurrency=2))
+    stopped = await run_inprocess(options(tmp_path, space.url, "out.jsonl", deadline=0.5,
+                                          grace=5, actors=1, per_actor_concurrency=2))
     assert stopped.exit_code == 0 and stopped.summary.deadline_hit
     assert 0 < stopped.summary.succeeded < ROWS
     assert stopped.summary.remaining == ROWS - stopped.summary.succeeded
     space.space.config.latency = 0.01
-    rest = await run(options(tmp_path, space.url, "out.jsonl"))
+    rest = await run_inprocess(options(tmp_path, space.url, "out.jsonl"))
     assert rest.exit_code == 0 and rest.summary.succeeded == stopped.summary.remaining
     assert len(read_output(str(tmp_path / "out.jsonl"))) == ROWS
 
@@ -179,14 +185,13 @@ async def test_a_deadline_leaves_the_rest_for_the_next_run(tmp_path: Path,
 async def test_nothing_left_to_do_starts_no_actor(tmp_path: Path, space: RunningFakeSpace,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     write_input(tmp_path / "in.jsonl", rows=3, messy=False)
-    await run(options(tmp_path, space.url, "out.jsonl", engine="local"))
-    from pipeline.engines import inprocess
+    await run(options(tmp_path, space.url, "out.jsonl"))
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("no actor should start")
 
-    monkeypatch.setattr(inprocess.InProcessExecutor, "start", refuse)
-    again = await run(options(tmp_path, space.url, "out.jsonl"))
+    monkeypatch.setattr(InProcessExecutor, "start", refuse)
+    again = await run_inprocess(options(tmp_path, space.url, "out.jsonl"))
     assert again.exit_code == 0 and again.summary.skipped_done == 3
 
 
@@ -221,7 +226,6 @@ async def test_tables_reach_the_driver_while_their_block_runs(tmp_path: Path,
     # the driver side gets the other five results while it is still in flight.
     from pipeline.engines.actor import ActorConfig
     from pipeline.engines.distributed import Spool
-    from pipeline.engines.inprocess import InProcessExecutor
     from pipeline.models import PromptRow
 
     executor = InProcessExecutor(actors=1, per_actor=3)

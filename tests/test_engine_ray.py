@@ -33,9 +33,9 @@ from fake_space_process import FakeSpaceProcess, fake_space_process
 from pipeline.app import RunOptions, run
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, fake_answer, run_fake_space
+from pipeline.jsonl import iter_jsonl_records
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.rowspec import RowSpec
-from pipeline.writers import iter_jsonl_records
 
 # Ray 2.60 warns about its own deprecated DataContext fields when a context is copied.
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning")]

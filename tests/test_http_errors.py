@@ -95,3 +95,16 @@ def test_secrets_are_redacted_from_messages() -> None:
     assert "pr0xy-pass" not in message and "hf_SECRETTOKEN" not in message
     assert "***" in message
     assert redact("ab stays: too short to be a secret") == "ab stays: too short to be a secret"
+
+
+@pytest.mark.parametrize("cls", AIOHTTP_ERRORS, ids=lambda c: c.__name__)
+def test_every_mapping_is_made_with_its_secrets_already_out(cls: type[BaseException]) -> None:
+    said = "via http://user:pr0xy-pass@proxy:3128"
+    # The class as it would speak, with the proxy's reason phrase and a status where it has them.
+    speaking = type(cls.__name__, (cls,), {"__str__": lambda self: said, "message": said,
+                                           "status": 502})
+    exc = bare(speaking)
+    exc.args = (said,)
+    error = map_transport_error(exc, make_redactor(["pr0xy-pass"]))
+    assert "pr0xy-pass" not in str(error) and "pr0xy-pass" not in repr(error.args)
+    assert "***" in str(error)

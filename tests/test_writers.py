@@ -23,15 +23,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, OutputError
+from pipeline.jsonl import JsonlAppender, JsonlOutput, iter_jsonl_records
 from pipeline.parquet_output import OUTPUT_SCHEMA, ParquetOutput
 from pipeline.parquet_types import LEGACY_JSON, MIXED_TEXT
 from pipeline.records import encode_record
 from pipeline.writers import (
-    JsonlAppender,
-    JsonlOutput,
     default_errors_path,
     default_output_path,
-    iter_jsonl_records,
     legacy_output_path,
     open_output,
 )

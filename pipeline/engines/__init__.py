@@ -10,8 +10,10 @@ turns planned rows into results:
 * ``ray`` (:mod:`.ray_engine`): the rows go to a Ray Data pipeline whose actors each run
   :func:`~pipeline.runner.run_batch` (:class:`.actor.PromptBatchCallable`); the results
   stream back to the driver. Ray is imported only when this engine is chosen.
-* ``inprocess`` (:mod:`.inprocess`, not on the command line): the Ray engine's data flow
-  with its actors as objects in one thread, for tests and debugging without a cluster.
+
+Both take :class:`.base.EngineOptions`, built by the driver, and never import it. A
+caller of :func:`pipeline.app.run` may pass an engine of its own instead (an
+:data:`.base.Engine`): the tests run the Ray engine's data flow without Ray that way.
 
 :func:`open_engine` gives an async context manager that yields an async iterator of
 :class:`~pipeline.models.Success` / :class:`~pipeline.models.Failure`, one per job
@@ -23,31 +25,29 @@ are down.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
-from pipeline.models import Failure, PromptRow, Result
+from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
 
-if TYPE_CHECKING:
-    from pipeline.app import RunOptions
+from .base import Engine, EngineOptions, Rows
 
-ENGINES: tuple[str, ...] = ("local", "ray", "inprocess")
+__all__ = ["ENGINES", "Engine", "EngineOptions", "Rows", "open_engine"]
 
-Rows = Iterable[PromptRow | Failure]
+ENGINES: tuple[str, ...] = ("local", "ray")
 
 
 def open_engine(
-    options: RunOptions,
+    options: EngineOptions,
     rows: Rows,
     settings: BatchSettings,
     stop: asyncio.Event,
     state: BatchState,
 ) -> AbstractAsyncContextManager[AsyncIterator[Result]]:
     """The results of ``rows`` on ``options.engine``; ConfigError for an unknown engine."""
-    engine = getattr(options, "engine", "local")
+    engine = options.engine
     if engine == "local":
         from .local import open_local
 
@@ -56,8 +56,4 @@ def open_engine(
         from .ray_engine import open_ray
 
         return open_ray(options, rows, settings, stop, state)
-    if engine == "inprocess":  # the Ray engine's data flow without Ray (tests, debugging)
-        from .inprocess import open_inprocess
-
-        return open_inprocess(options, rows, settings, stop, state)
     raise ConfigError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -45,13 +45,10 @@ from pipeline.limits import AdaptiveLimit
 from pipeline.models import Completion, Failure, PromptRow, RequestTrace, Result
 from pipeline.runner import BatchSettings, BatchState
 
-from . import Rows
 from .actor import ActorConfig
+from .base import EngineOptions, Rows
 from .codec import decode_result, encode_row
 from .stream import block_packets
-
-if TYPE_CHECKING:
-    from pipeline.app import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +340,14 @@ async def open_distributed(
             shutil.rmtree(os.path.dirname(spool.directory), ignore_errors=True)
 
 
-def per_actor_concurrency(options: RunOptions) -> int:
+def per_actor_concurrency(options: EngineOptions) -> int:
     """``--per-actor-concurrency``, else ``--concurrency`` shared out among the actors."""
     if options.per_actor_concurrency:
         return options.per_actor_concurrency
     return max(1, options.concurrency // max(1, options.actors))
 
 
-def actor_config(options: RunOptions, settings: BatchSettings, per_actor: int) -> ActorConfig:
+def actor_config(options: EngineOptions, settings: BatchSettings, per_actor: int) -> ActorConfig:
     """What every actor gets: the run's settings, with the rate shared out among the actors."""
     actors = max(1, options.actors)
     return ActorConfig(
@@ -371,7 +368,7 @@ def actor_config(options: RunOptions, settings: BatchSettings, per_actor: int) -
 
 @contextlib.asynccontextmanager
 async def open_executor(
-    executor: Executor, options: RunOptions, rows: Rows, settings: BatchSettings,
+    executor: Executor, options: EngineOptions, rows: Rows, settings: BatchSettings,
     stop: asyncio.Event, state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """:func:`open_distributed` with everything taken from the run's options and settings."""

@@ -5,22 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from pipeline.client import GradioQueueClient
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState, run_batch
 from pipeline.sessions import open_session
 
-from . import Rows
-
-if TYPE_CHECKING:
-    from pipeline.app import RunOptions
+from .base import EngineOptions, Rows
 
 
 @contextlib.asynccontextmanager
 async def open_local(
-    options: RunOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
+    options: EngineOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """One pooled session and a client per endpoint for the run; yields run_batch's results."""

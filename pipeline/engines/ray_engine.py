@@ -31,7 +31,7 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
@@ -39,13 +39,10 @@ from pipeline.errors import ConfigError
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
 
-from . import Rows
 from .actor import ActorConfig
+from .base import EngineOptions, Rows
 from .distributed import Spool, open_executor, per_actor_concurrency
 from .stream import StreamingCallable, unpack
-
-if TYPE_CHECKING:
-    from pipeline.app import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +152,7 @@ def require_ray() -> None:
 
 @contextlib.asynccontextmanager
 async def open_ray(
-    options: RunOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
+    options: EngineOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """The Ray engine's results of ``rows`` (see the module docstring)."""

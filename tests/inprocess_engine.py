@@ -1,5 +1,7 @@
-"""An executor without Ray: the Ray engine's data flow, its actors as objects in one thread.
+"""A test double of the Ray engine: its data flow, its actors as objects in one thread.
 
+Not an engine of the package (nothing offers it on the command line): tests hand
+:func:`open_inprocess` to ``pipeline.app.run(options, engine=open_inprocess)``.
 :class:`InProcessExecutor` runs ``actors`` instances of
 :class:`~pipeline.engines.actor.PromptBatchCallable` on a private event loop in a
 thread. Like the Ray engine, it takes the spool's blocks of ``batches_per_block *
@@ -15,21 +17,16 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.engines.actor import ActorConfig, PromptBatchCallable
+from pipeline.engines.base import EngineOptions, Rows
+from pipeline.engines.distributed import Spool, open_executor, per_actor_concurrency
+from pipeline.engines.stream import packet_blocks
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
-
-from . import Rows
-from .actor import ActorConfig, PromptBatchCallable
-from .distributed import Spool, open_executor, per_actor_concurrency
-from .stream import packet_blocks
-
-if TYPE_CHECKING:
-    from pipeline.app import RunOptions
 
 _END = object()
 
@@ -120,10 +117,10 @@ class InProcessExecutor:
 
 @contextlib.asynccontextmanager
 async def open_inprocess(
-    options: RunOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
+    options: EngineOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
-    """``RunOptions(engine="inprocess")``: the Ray engine's path with in-process actors."""
+    """An :data:`~pipeline.engines.base.Engine`: the Ray engine's path with in-process actors."""
     executor = InProcessExecutor(options.actors, per_actor_concurrency(options))
     async with open_executor(executor, options, rows, settings, stop, state) as results:
         yield results
