@@ -31,6 +31,7 @@ from conftest import ThreadedFakeSpace
 from fault_proxy import (
     UPSTREAM,
     Bandwidth,
+    Effect,
     FaultProxy,
     Latency,
     LimitData,
@@ -467,13 +468,12 @@ def test_faults_on_what_the_client_sends(tmp_path: Path) -> None:
     assert run.retried >= 3
 
 
-def test_faults_on_the_config_of_a_gradio_6_space(tmp_path: Path) -> None:
+@pytest.mark.parametrize("effect", [Stall(after=(1, 3000)), ResetPeer(after=(1, 3000))],
+                         ids=["stall", "reset"])
+def test_faults_on_the_config_of_a_gradio_6_space(tmp_path: Path, effect: Effect) -> None:
     # A /config answer swallowed or reset: the client falls back to the default (root)
     # layout, whose joins a Gradio 6 Space answers 404; it must read /config again.
-    run = run_through(tmp_path, [
-        Toxic(Stall(after=(1, 3000)), trigger="/config", limit=1),
-        Toxic(ResetPeer(after=(1, 3000)), trigger="/config", select=every(2), limit=2),
-    ], major=6)
-    assert run.proxy.hits["timeout GET /config"] == 1, run.proxy.hits
-    assert run.proxy.hits["reset_peer GET /config"] >= 1, run.proxy.hits
+    # One fault per run: which pooled connection carries a later /config is up to aiohttp.
+    run = run_through(tmp_path, [Toxic(effect, trigger="/config", limit=1)], major=6)
+    assert run.proxy.hits[f"{effect.kind} GET /config"] == 1, run.proxy.hits
     assert run.retried >= 1
