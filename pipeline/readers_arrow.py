@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.alloc import use_system_arrow_pool
+from pipeline.batching import READ_BATCH_BYTES, parquet_row_bytes, rows_within
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
 from pipeline.readers import approx_size
@@ -26,7 +27,11 @@ _CSV_BLOCK = 1 << 20  # bytes of CSV parsed at a time
 
 
 def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
-    """The rows of a Parquet file, or of every Parquet file under a directory, in order."""
+    """The rows of a Parquet file, or of every Parquet file under a directory, in order.
+
+    A batch holds at most ``batch_size`` rows, fewer when the rows are wide: as many
+    as fit in :data:`~pipeline.batching.READ_BATCH_BYTES` by the file's footer.
+    """
     use_system_arrow_pool()
     if os.path.isdir(path):
         return _read_dataset(path, limit, batch_size)
@@ -43,10 +48,17 @@ def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord |
 def _read_file(parquet: Any, path: str, limit: int,
                batch_size: int) -> Iterator[RawRecord | InputError]:
     try:
-        batches = parquet.iter_batches(batch_size=batch_size)
+        batches = parquet.iter_batches(batch_size=_batch_rows(parquet.metadata, batch_size),
+                                       use_threads=False)
         yield from _rows(batches, lambda row: f"{path} row {row}", 0, limit, path)
     finally:
         parquet.close()
+
+
+def _batch_rows(metadata: Any, batch_size: int) -> int:
+    """Rows of a batch: ``batch_size`` or fewer, to stay within the byte budget."""
+    return rows_within(parquet_row_bytes(metadata), max_bytes=READ_BATCH_BYTES,
+                       max_rows=batch_size)
 
 
 def _open_dataset(path: str) -> Any:
@@ -84,7 +96,11 @@ def _read_fragments(fragments: list[Any], schema: Any, scan: Any, limit: int,
     position = 0
     for fragment in fragments:
         name = fragment.path
-        batches = fragment.to_batches(schema=schema, batch_size=batch_size, use_threads=False,
+        try:
+            rows = _batch_rows(fragment.metadata, batch_size)
+        except ARROW_ERRORS as exc:
+            raise InputFileError(f"cannot read {name} as Parquet: {exc}") from exc
+        batches = fragment.to_batches(schema=schema, batch_size=rows, use_threads=False,
                                       fragment_scan_options=scan)
         for item in _rows(batches, lambda row, name=name: f"{name} row {row}", position,
                           limit, name):
