@@ -443,9 +443,34 @@ def time_budget(seconds: float, what: str) -> Iterator[None]:
     log(f"{what}: {took:.0f} s (budget {seconds:.0f} s){' OVER' if took > seconds else ''}")
 
 
+def _check_parquet(path: Path, n: int) -> dict[str, Any]:
+    """Rows of a Parquet output; whether they are rows 0..n-1 in input order, each with the
+    fake Space's echo of its prompt as completion. Streams the file: memory stays small."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    in_order = echo_ok = True
+    with pq.ParquetFile(path, buffer_size=1 << 20) as parquet:
+        groups = parquet.metadata.num_row_groups
+        largest = max((parquet.metadata.row_group(g).num_rows for g in range(groups)), default=0)
+        for batch in parquet.iter_batches(batch_size=256, columns=["position", "prompt",
+                                                                   "completion"]):
+            positions = batch.column(0).to_pylist()
+            in_order = in_order and positions == list(range(rows, rows + len(positions)))
+            echo_ok = echo_ok and all(
+                completion.startswith(f"Echo: {prompt}\n") for prompt, completion in
+                zip(batch.column(1).to_pylist(), batch.column(2).to_pylist(), strict=True))
+            rows += len(positions)
+    return {"rows": rows, "checked": in_order and echo_ok and rows == n, "in_order": in_order,
+            "echo_ok": echo_ok, "row_groups": groups, "largest_row_group": largest}
+
+
 if __name__ == "__main__":  # helper entry point: python bench/common.py make-parquet ...
     if len(sys.argv) == 7 and sys.argv[1] == "make-parquet":
         _write_parquet(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
                        int(sys.argv[6]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "check-parquet":
+        print(json.dumps(_check_parquet(Path(sys.argv[2]), int(sys.argv[3]))))
     else:
-        sys.exit("usage: common.py make-parquet PATH N CHARS SEED ROW_GROUP_ROWS")
+        sys.exit("usage: common.py make-parquet PATH N CHARS SEED ROW_GROUP_ROWS\n"
+                 "       common.py check-parquet PATH N")

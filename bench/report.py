@@ -78,7 +78,7 @@ def net_cpu_ms(agg: dict[str, Any], n: int, start: float) -> float:
     return 1000.0 * (agg["cpu_s"] - start) / n
 
 
-SECTIONS = ("startup", "overhead", "sweep", "zero", "memory", "alternatives")
+SECTIONS = ("startup", "overhead", "sweep", "zero", "memory", "parquet_memory", "alternatives")
 
 
 def render(size: str) -> str:
@@ -257,6 +257,7 @@ def render(size: str) -> str:
                 cells.append(f(hit[0]["maxrss_mb"], ".1f") if hit else "–")
             out.append(f"| {stage} | " + " | ".join(cells) + " |")
         out.append("")
+    out += parquet_memory(size)
 
     alt = load(size, "alternatives")
     if alt and "summary" in alt:
@@ -320,6 +321,44 @@ def profile_section(prof: dict[str, Any]) -> list[str]:
         out.append(f"| {area} | {ours_area.get(area, 0)} | {ref_area.get(area, 0)} |")
     out += [f"| **total** | {prof['ours']['total_samples']} | "
             f"{prof.get('reference', {}).get('total_samples', 0)} |", ""]
+    return out
+
+
+def parquet_memory(size: str) -> list[str]:
+    pqm = load(size, "parquet_memory")
+    if not pqm:
+        return []
+    runs = pqm["runs"]
+    base = runs[0]
+    out = ["#### Parquet output, the journal merge included", "",
+           f"`qwen-batch run` writing Parquet output: the whole process, from start to the end "
+           "of the merge of its journal into the Parquet file. Parquet input written by "
+           "`pq.write_table` with its defaults, fake Space at zero latency, concurrency "
+           f"{pqm['concurrency']}, one run per case; every output checked (every row, in input "
+           "order, each completion the echo of its prompt). The ratio is to the first run.", "",
+           "| rows | prompt chars | ru_maxrss MB | VmHWM MB | ratio | wall s | rows out | "
+           "row groups | checked |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        out.append(f"| {r['n']:,} | {r['prompt_chars']:,} | {f(r['maxrss_mb'], '.1f')} | "
+                   f"{f(r['hwm_mb'], '.1f')} | {f(r['ratio_to_first'], '.2f')} | "
+                   f"{f(r['wall_s'], '.1f')} | {r['rows']:,} | {r.get('row_groups', '–')} | "
+                   f"{'yes' if r['ok'] else 'NO'} |")
+    worst = max(r["ratio_to_first"] for r in runs)
+    target = pqm["target_ratio_max"]
+    out += ["", f"Largest / first ({base['n']:,} rows of {base['prompt_chars']:,} characters): "
+            f"**{f(worst, '.2f')}** (target ≤ {target}: {verdict(worst <= target)}).", "",
+            "The merge's share: `bench/mem_probe.py --stage parquet` reads the same input and "
+            "writes the records the fake Space would answer through the Parquet output, with no "
+            "network; VmHWM (MB) before the merge and at the end.", "",
+            "| rows | prompt chars | before the merge | at the end | merge s |",
+            "|---:|---:|---:|---:|---:|"]
+    for probe in pqm["probes"]:
+        fig = probe.get("figures", {})
+        out.append(f"| {probe['n']:,} | {probe['prompt_chars']:,} | "
+                   f"{f(fig.get('hwm_before_merge_mb'), '.1f')} | "
+                   f"{f(fig.get('vm_hwm_mb'), '.1f')} | {f(fig.get('merge_seconds'), '.1f')} |")
+    out.append("")
     return out
 
 
