@@ -199,3 +199,20 @@ def test_wide_parquet_rows_are_read_in_batches_within_the_budget(
     assert [i.values["prompt"] for i in items if isinstance(i, RawRecord)] == prompts
     assert [i.position for i in items if isinstance(i, RawRecord)] == list(range(60))
     assert 1 < max(batches) <= READ_BATCH_BYTES // size + 1
+
+
+def test_the_spool_writes_a_file_per_byte_budget_of_whole_blocks(tmp_path: Path) -> None:
+    from pipeline.engines.distributed import Spool
+    from pipeline.models import PromptRow
+
+    spool = Spool(str(tmp_path / "spool"), samples=1, block_rows=2)
+    prompts = [wide(i) for i in range(30)]
+    for i, prompt in enumerate(prompts):
+        spool.add(PromptRow(f"r{i}", i, prompt))
+    spool.flush()
+    files = [pq.read_table(path).column("rows").to_pylist() for path in spool.paths]
+    assert all(len(block) == 2 for blocks in files for block in blocks)  # whole blocks
+    assert len(files) > 1 and max(sum(map(len, blocks)) for blocks in files) <= \
+        MERGE_BATCH_BYTES // MB + 2  # the budget and the rest of the block that passes it
+    assert sum(sum(map(len, blocks)) for blocks in files) == 30
+    spool.remove()
