@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +59,7 @@ from common import (
     reference_cmd,
     run_client,
     run_measured,
+    vm_status_mb,
     write_json,
 )
 
@@ -81,8 +83,9 @@ class Sizes:
     zero_reps: int
     memory: tuple[int, ...]
     memory_ref_max: int
-    parquet_memory: tuple[tuple[int, int], ...]
-    """(rows, prompt characters) of the Parquet output runs; the first is the baseline."""
+    parquet_memory: tuple[tuple[int, int, int], ...]
+    """(rows, prompt characters, input page rows or 0 for pyarrow's default) of the Parquet
+    output runs; the first is the baseline."""
     alt_n: int
     alt_reps: int
     profile: bool
@@ -92,11 +95,13 @@ SIZES = {
     "small": Sizes(name="small", reps=3, overhead_n=1000, sweep=(16, 64, 256), sweep_reps=1, sweep_min_n=320,
                    sweep_per_c=8, zero_n=2000, zero_reps=1, memory=(1000, 10_000),
                    memory_ref_max=10_000,
-                   parquet_memory=((1000, 2000), (10_000, 2000), (1000, 20_000)), alt_n=64, alt_reps=1, profile=False),
+                   parquet_memory=((1000, 2000, 0), (10_000, 2000, 0), (1000, 20_000, 0)),
+                   alt_n=64, alt_reps=1, profile=False),
     "full": Sizes(name="full", reps=5, overhead_n=2000, sweep=(16, 32, 64, 128, 256, 512), sweep_reps=3,
                   sweep_min_n=640, sweep_per_c=12, zero_n=10_000, zero_reps=3,
                   memory=(2000, 20_000, 200_000), memory_ref_max=20_000,
-                  parquet_memory=((2000, 2000), (200_000, 2000), (20_000, 20_000)), alt_n=200, alt_reps=3,
+                  parquet_memory=((2000, 2000, 0), (200_000, 2000, 0), (20_000, 20_000, 0),
+                                  (20_000, 20_000, 50)), alt_n=200, alt_reps=3,
                   profile=True),
 }
 LATENCY = 0.3
@@ -299,7 +304,10 @@ def section_memory(sz: Sizes) -> dict[str, Any]:
             "target_ratio_max": 1.25}
 
 
-def _input_file(n: int, chars: int) -> Path:
+def _input_file(n: int, chars: int, page_rows: int = 0) -> Path:
+    if page_rows:
+        return make_parquet(INPUTS / f"prompts-{n}-{chars // 1000}kb-pages{page_rows}.parquet", n,
+                            chars, page_rows=page_rows)
     return make_parquet(INPUTS / f"prompts-{n}-{chars // 1000}kb.parquet", n, chars)
 
 
@@ -314,43 +322,75 @@ def check_parquet_output(path: Path, n: int) -> dict[str, Any]:
     return result
 
 
+class PhasePeaks:
+    """Peak VmRSS of a Parquet-output run by phase, told apart by its journal: ``start``
+    (no result yet: imports, the first reads), ``run`` (the journal grows), ``merge``
+    (the journal has stopped growing or is gone: the merge into the Parquet file)."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.peaks: dict[str, float] = {}
+        self._seen = 0
+        self._still = 0
+
+    def poll(self, pid: int) -> None:
+        rss = vm_status_mb(pid, "VmRSS")
+        try:
+            size = self.journal.stat().st_size
+        except OSError:
+            size = -1
+        if size > self._seen:
+            self._seen, self._still = size, 0
+        elif self._seen:
+            self._still += 1
+        # Still for 1 s (50 polls) after it grew, or gone: the run has ended.
+        phase = "start" if not self._seen else "merge" if size < 0 or self._still > 50 else "run"
+        if rss == rss:
+            self.peaks[phase] = max(self.peaks.get(phase, 0.0), round(rss, 1))
+
+
 def section_parquet_memory(sz: Sizes) -> dict[str, Any]:
     """Peak RSS of whole ``qwen-batch run`` processes writing Parquet (the merge included)."""
     runs: list[dict[str, Any]] = []
     files = {case: _input_file(*case) for case in sz.parquet_memory}
+    workdir = WORK / "pqmem"
     with FakeSpaceProc(0.0, CHUNKS) as space:
-        for n, chars in sz.parquet_memory:
-            workdir = WORK / "pqmem"
-            workdir.mkdir(parents=True, exist_ok=True)
+        for n, chars, page_rows in sz.parquet_memory:
+            shutil.rmtree(workdir, ignore_errors=True)  # each run starts from nothing
+            workdir.mkdir(parents=True)
             out = workdir / "ours.out.parquet"
-            for stale in (out, workdir / "ours.summary.json"):
-                stale.unlink(missing_ok=True)
-            cmd = ours_cmd(files[(n, chars)], out, space.url, 64, workdir / "ours.summary.json")
-            proc = run_measured(cmd, timeout=max(180.0, n / 20), server=space)
+            cmd = ours_cmd(files[(n, chars, page_rows)], out, space.url, 64,
+                           workdir / "ours.summary.json")
+            phases = PhasePeaks(Path(str(out) + ".journal.jsonl"))
+            proc = run_measured(cmd, timeout=max(180.0, n / 20), server=space, poll=phases.poll)
             check = check_parquet_output(out, n)
             out.unlink(missing_ok=True)
-            row = {"n": n, "prompt_chars": chars, **proc.to_dict(), **check,
+            row = {"n": n, "prompt_chars": chars, "input_page_rows": page_rows or 1024,
+                   **proc.to_dict(), **check,
+                   "phase_rss_mb": phases.peaks,
                    "ok": proc.returncode == 0 and not proc.timed_out and check.get("checked")
                    and check.get("rows") == n, "server": server_check(space)}
             runs.append(row)
-            log(f"  parquet memory n={n} chars={chars}: rss {proc.maxrss_mb:.1f} MB "
-                f"(VmHWM {proc.hwm_mb:.1f}), wall {proc.wall_s:.1f} s, rows {check.get('rows')}"
+            log(f"  parquet memory n={n} chars={chars} pages={page_rows}: rss "
+                f"{proc.maxrss_mb:.1f} MB (VmHWM {proc.hwm_mb:.1f}), wall {proc.wall_s:.1f} s, "
+                f"rows {check.get('rows')}"
                 f"{'' if row['ok'] else '  << NOT OK'}")
     probes = []
-    for n, chars in sz.parquet_memory:
+    for n, chars, page_rows in sz.parquet_memory:
         output = WORK / "pqmem" / "probe.parquet"
         figures = WORK / "pqmem" / "probe.json"
         figures.unlink(missing_ok=True)
-        cmd = [python_exe(), str(BENCH_DIR / "mem_probe.py"), str(files[(n, chars)]), "--stage",
-               "parquet", "--output", str(output), "--result", str(figures)]
+        cmd = [python_exe(), str(BENCH_DIR / "mem_probe.py"), str(files[(n, chars, page_rows)]),
+               "--stage", "parquet", "--output", str(output), "--result", str(figures)]
         res = run_measured(cmd, timeout=max(180.0, n / 20))
-        probe: dict[str, Any] = {"n": n, "prompt_chars": chars, "maxrss_mb": res.maxrss_mb,
+        probe: dict[str, Any] = {"n": n, "prompt_chars": chars,
+                                 "input_page_rows": page_rows or 1024, "maxrss_mb": res.maxrss_mb,
                                  "cpu_s": res.cpu_s, "ok": res.returncode == 0}
         with contextlib.suppress(OSError, ValueError):
             probe["figures"] = json.loads(figures.read_text())
         probes.append(probe)
-        log(f"  probe parquet n={n} chars={chars}: rss {res.maxrss_mb:.1f} MB, before the merge "
-            f"{probe.get('hwm_before_merge_mb')} MB")
+        log(f"  probe parquet n={n} chars={chars} pages={page_rows}: rss {res.maxrss_mb:.1f} MB, "
+            f"before the merge {probe.get('figures', {}).get('hwm_before_merge_mb')} MB")
     base = runs[0]["maxrss_mb"]
     for row in runs:
         row["ratio_to_first"] = row["maxrss_mb"] / base
