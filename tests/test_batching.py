@@ -216,3 +216,20 @@ def test_the_spool_writes_a_file_per_byte_budget_of_whole_blocks(tmp_path: Path)
         MERGE_BATCH_BYTES // MB + 2  # the budget and the rest of the block that passes it
     assert sum(sum(map(len, blocks)) for blocks in files) == 30
     spool.remove()
+
+
+def test_an_open_parquet_input_holds_no_page_until_it_is_read(tmp_path: Path) -> None:
+    # Written as pq.write_table does by default: 20 KB rows make ~4 MB pages and a ~4 MB
+    # dictionary page. A run opens its input early and checks it against the output with
+    # a second, fresh read: the first must hold nothing meanwhile.
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(200)],
+                             "prompt": [wide(i, 20_000) for i in range(200)]}), path)
+    pool = pa.default_memory_pool()
+    before = pool.bytes_allocated()
+    records = read_records(str(path))
+    assert pool.bytes_allocated() - before < 1 << 20
+    first = next(records)
+    assert isinstance(first, RawRecord) and first.values["prompt"] == wide(0, 20_000)
+    assert pool.bytes_allocated() - before > 1 << 20  # now a page is held: the test can see it
+    records.close()  # type: ignore[attr-defined]
