@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,25 +161,29 @@ def make_jsonl(path: Path, n: int, prompt_chars: int = 200, seed: int = 1) -> Pa
 
 
 def make_parquet(path: Path, n: int, prompt_chars: int = 2000, seed: int = 1,
-                 row_group_rows: int | None = None) -> Path:
+                 row_group_rows: int | None = None, page_rows: int | None = None) -> Path:
     """Write ``n`` rows ``(id, prompt)`` as Parquet, in a child process.
 
     A child, so this (measuring) process never grows: a child's ``ru_maxrss`` starts
     from its parent's RSS at fork time on Linux, so the parent must stay small.
     ``row_group_rows=None`` writes like ``pq.write_table(table, path)`` with its
     defaults (one row group of up to 1Mi rows), which is what most users' files look like.
+    ``page_rows`` is pyarrow's ``write_batch_size`` (1024 by default): it checks a page's
+    size (and the dictionary's) only every that many rows, so wide rows make big pages.
     """
-    if _cached(path, n, prompt_chars, row_group_rows):
+    extra = row_group_rows if page_rows is None else [row_group_rows, page_rows]
+    if _cached(path, n, prompt_chars, extra):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([python_exe(), str(Path(__file__).resolve()), "make-parquet", str(path), str(n),
-                    str(prompt_chars), str(seed), str(row_group_rows or 0)],
+                    str(prompt_chars), str(seed), str(row_group_rows or 0), str(page_rows or 0)],
                    check=True, env=child_env(), cwd=str(REPO), timeout=600)
-    _mark(path, n, prompt_chars, row_group_rows)
+    _mark(path, n, prompt_chars, extra)
     return path
 
 
-def _write_parquet(path: Path, n: int, prompt_chars: int, seed: int, row_group_rows: int) -> None:
+def _write_parquet(path: Path, n: int, prompt_chars: int, seed: int, row_group_rows: int,
+                   page_rows: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -191,7 +195,9 @@ def _write_parquet(path: Path, n: int, prompt_chars: int, seed: int, row_group_r
         ids = [f"r{i}" for i in range(start, stop)]
         prompts = [make_prompt(i, prompt_chars, rng) for i in range(start, stop)]
         batches.append(pa.record_batch([pa.array(ids), pa.array(prompts)], names=["id", "prompt"]))
-    kwargs = {"row_group_size": row_group_rows} if row_group_rows else {}
+    kwargs: dict[str, int] = {"row_group_size": row_group_rows} if row_group_rows else {}
+    if page_rows:
+        kwargs["write_batch_size"] = page_rows
     pq.write_table(pa.Table.from_batches(batches), path, **kwargs)
 
 
@@ -245,11 +251,13 @@ class ProcResult:
 
 
 def run_measured(cmd: Sequence[str], *, timeout: float, server: FakeSpaceProc | None = None,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> ProcResult:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 poll: Callable[[int], None] | None = None) -> ProcResult:
     """Run ``cmd`` to its end (killed after ``timeout`` s) and measure exactly that process.
 
     ``os.wait4`` gives the rusage of the child alone (its own children, none here,
-    would not be counted), with ``ru_maxrss`` in KiB on Linux.
+    would not be counted), with ``ru_maxrss`` in KiB on Linux. ``poll(pid)`` is called
+    every 20 ms while it runs (to sample more than VmHWM).
     """
     server_cpu0 = server.cpu_s() if server else float("nan")
     parent_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -271,6 +279,8 @@ def run_measured(cmd: Sequence[str], *, timeout: float, server: FakeSpaceProc | 
                 value = _vm_hwm_mb(proc.pid)
                 if value == value:
                     hwm[0] = value
+                if poll is not None:
+                    poll(proc.pid)
 
         timer = threading.Timer(timeout, kill)
         timer.start()
@@ -297,10 +307,15 @@ def run_measured(cmd: Sequence[str], *, timeout: float, server: FakeSpaceProc | 
 
 
 def _vm_hwm_mb(pid: int) -> float:
+    return vm_status_mb(pid, "VmHWM")
+
+
+def vm_status_mb(pid: int, field: str) -> float:
+    """A memory figure (``VmRSS``, ``VmHWM``...) of a process from /proc, in MB."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except (OSError, ValueError):
         pass
@@ -443,9 +458,34 @@ def time_budget(seconds: float, what: str) -> Iterator[None]:
     log(f"{what}: {took:.0f} s (budget {seconds:.0f} s){' OVER' if took > seconds else ''}")
 
 
+def _check_parquet(path: Path, n: int) -> dict[str, Any]:
+    """Rows of a Parquet output; whether they are rows 0..n-1 in input order, each with the
+    fake Space's echo of its prompt as completion. Streams the file: memory stays small."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+    in_order = echo_ok = True
+    with pq.ParquetFile(path, buffer_size=1 << 20) as parquet:
+        groups = parquet.metadata.num_row_groups
+        largest = max((parquet.metadata.row_group(g).num_rows for g in range(groups)), default=0)
+        for batch in parquet.iter_batches(batch_size=256, columns=["position", "prompt",
+                                                                   "completion"]):
+            positions = batch.column(0).to_pylist()
+            in_order = in_order and positions == list(range(rows, rows + len(positions)))
+            echo_ok = echo_ok and all(
+                completion.startswith(f"Echo: {prompt}\n") for prompt, completion in
+                zip(batch.column(1).to_pylist(), batch.column(2).to_pylist(), strict=True))
+            rows += len(positions)
+    return {"rows": rows, "checked": in_order and echo_ok and rows == n, "in_order": in_order,
+            "echo_ok": echo_ok, "row_groups": groups, "largest_row_group": largest}
+
+
 if __name__ == "__main__":  # helper entry point: python bench/common.py make-parquet ...
-    if len(sys.argv) == 7 and sys.argv[1] == "make-parquet":
+    if len(sys.argv) in (7, 8) and sys.argv[1] == "make-parquet":
         _write_parquet(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
-                       int(sys.argv[6]))
+                       int(sys.argv[6]), int(sys.argv[7]) if len(sys.argv) == 8 else 0)
+    elif len(sys.argv) == 4 and sys.argv[1] == "check-parquet":
+        print(json.dumps(_check_parquet(Path(sys.argv[2]), int(sys.argv[3]))))
     else:
-        sys.exit("usage: common.py make-parquet PATH N CHARS SEED ROW_GROUP_ROWS")
+        sys.exit("usage: common.py make-parquet PATH N CHARS SEED ROW_GROUP_ROWS [PAGE_ROWS]\n"
+                 "       common.py check-parquet PATH N")

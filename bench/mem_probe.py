@@ -11,7 +11,10 @@ Stages (each includes the ones before it), all without any network:
 * ``done``: also add every key to the ``KeySet`` of done rows (a run adds only the keys
   of rows that failed before; this is the worst case: every row was in the errors file);
 * ``records``: also build and JSON-encode a success record per row (answer = the
-  fake Space's echo), written to /dev/null.
+  fake Space's echo), written to /dev/null;
+* ``parquet``: write those records to Parquet output instead (``ParquetOutput``: a
+  journal, merged into the Parquet file on close), with ``VmHWM`` read before the
+  merge and after it (``hwm_before_merge_mb``), so the merge's share is seen apart.
 
 The parent (``run_all.py``) runs each stage as its own process and reads its
 ``ru_maxrss``; the stage also prints its own figures: ``VmRSS``/``VmHWM`` at the
@@ -27,7 +30,7 @@ import os
 import sys
 import time
 
-STAGES = ("import", "read", "plan", "done", "records")
+STAGES = ("import", "read", "plan", "done", "records", "parquet")
 
 
 def _status_mb(field: str) -> float:
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("input")
     p.add_argument("--stage", choices=STAGES, required=True)
+    p.add_argument("--output", help="parquet stage: the output file (deleted after)")
+    p.add_argument("--result", help="also write the JSON line to this file")
     args = p.parse_args(argv)
     start = time.perf_counter()
 
@@ -63,21 +68,38 @@ def main(argv: list[str] | None = None) -> int:
         records = read_records(args.input, "parquet")
         rows = plan_rows(records, RowSpec(), done=done, counters=PlanCounters()) \
             if level >= STAGES.index("plan") else records
-        sink = open(os.devnull, "wb") if level >= STAGES.index("records") else None  # noqa: SIM115
+        sink = open(os.devnull, "wb") if args.stage == "records" else None  # noqa: SIM115
+        output = None
+        if args.stage == "parquet":
+            from pipeline.writers import open_output
+
+            if not args.output:
+                p.error("the parquet stage needs --output")
+            output = open_output(args.output, "parquet")
         count = 0
         for row in rows:
             count += 1
             if level >= STAGES.index("done"):
                 done.add(row.id, 0)  # type: ignore[union-attr]
-            if sink is not None:
+            if sink is not None or output is not None:
                 now = utc_now()
                 trace = RequestTrace("0123456789ab", "http://127.0.0.1:1", "e" * 32, now, now,
                                      1.0, 1.0, 1.0, 10)
                 answer = f"Echo: {row.prompt}\nSystem: x\nno no no"  # type: ignore[union-attr]
-                sink.write(encode_record(success_record(
-                    Success(row, answer, trace, 1, "qwen", 0))))  # type: ignore[arg-type]
+                record = success_record(
+                    Success(row, answer, trace, 1, "qwen", 0))  # type: ignore[arg-type]
+                if sink is not None:
+                    sink.write(encode_record(record))
+                else:
+                    output.write(record)
         if sink is not None:
             sink.close()
+        if output is not None:
+            out["hwm_before_merge_mb"] = round(_status_mb("VmHWM"), 1)
+            merge_start = time.perf_counter()
+            output.close()
+            out["merge_seconds"] = round(time.perf_counter() - merge_start, 2)
+            os.remove(args.output)
         out["rows"] = count
     out.update(
         seconds=round(time.perf_counter() - start, 2),
@@ -89,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         done_keys=len(done),
     )
     print(json.dumps(out))
+    if args.result:
+        with open(args.result, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(out) + "\n")
     return 0
 
 

@@ -78,7 +78,7 @@ def net_cpu_ms(agg: dict[str, Any], n: int, start: float) -> float:
     return 1000.0 * (agg["cpu_s"] - start) / n
 
 
-SECTIONS = ("startup", "overhead", "sweep", "zero", "memory", "alternatives")
+SECTIONS = ("startup", "overhead", "sweep", "zero", "memory", "parquet_memory", "alternatives")
 
 
 def render(size: str) -> str:
@@ -257,6 +257,7 @@ def render(size: str) -> str:
                 cells.append(f(hit[0]["maxrss_mb"], ".1f") if hit else "–")
             out.append(f"| {stage} | " + " | ".join(cells) + " |")
         out.append("")
+    out += parquet_memory(size)
 
     alt = load(size, "alternatives")
     if alt and "summary" in alt:
@@ -320,6 +321,62 @@ def profile_section(prof: dict[str, Any]) -> list[str]:
         out.append(f"| {area} | {ours_area.get(area, 0)} | {ref_area.get(area, 0)} |")
     out += [f"| **total** | {prof['ours']['total_samples']} | "
             f"{prof.get('reference', {}).get('total_samples', 0)} |", ""]
+    return out
+
+
+def parquet_memory(size: str) -> list[str]:
+    pqm = load(size, "parquet_memory")
+    if not pqm:
+        return []
+    runs = pqm["runs"]
+    base = runs[0]
+    out = ["#### Parquet output, the journal merge included", "",
+           f"`qwen-batch run` writing Parquet output: the whole process, from start to the end "
+           "of the merge of its journal into the Parquet file. Parquet input written by "
+           "`pq.write_table` with its defaults, fake Space at zero latency, concurrency "
+           f"{pqm['concurrency']}, one run per case; every output checked (every row, in input "
+           "order, each completion the echo of its prompt). The ratio is to the first run. "
+           "Peak VmRSS by phase, sampled every 20 ms and told apart by the journal: *start* "
+           "before the first result, *run* while the journal grows, *merge* after.", "",
+           "*Input page rows* is the `write_batch_size` the input was written with (pyarrow's "
+           "default 1,024; it checks a page's size only that often, so 20 KB rows make 20 MB "
+           "pages that a reader must decompress whole).", "",
+           "| rows | prompt chars | input page rows | ru_maxrss MB | ratio | start | run | "
+           "merge | wall s | rows out | row groups | checked |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        phase = r.get("phase_rss_mb", {})
+        out.append(f"| {r['n']:,} | {r['prompt_chars']:,} | {r.get('input_page_rows', 1024):,} | "
+                   f"{f(r['maxrss_mb'], '.1f')} | "
+                   f"{f(r['ratio_to_first'], '.2f')} | {f(phase.get('start'), '.0f')} | "
+                   f"{f(phase.get('run'), '.0f')} | {f(phase.get('merge'), '.0f')} | "
+                   f"{f(r['wall_s'], '.1f')} | {r['rows']:,} | {r.get('row_groups', '–')} | "
+                   f"{'yes' if r['ok'] else 'NO'} |")
+    default = [r for r in runs if r.get("input_page_rows", 1024) == 1024]
+    worst = max(r["ratio_to_first"] for r in default)
+    target = pqm["target_ratio_max"]
+    out += ["", f"Largest / first ({base['n']:,} rows of {base['prompt_chars']:,} characters), "
+            f"inputs as pyarrow writes them by default: **{f(worst, '.2f')}** "
+            f"(target ≤ {target}: {verdict(worst <= target)})."]
+    for r in runs:
+        if r not in default:
+            ratio = r["ratio_to_first"]
+            out.append(f"With the input written in pages of {r['input_page_rows']:,} rows: "
+                       f"{r['n']:,} rows of {r['prompt_chars']:,} characters at "
+                       f"**{f(ratio, '.2f')}** ({verdict(ratio <= target)}).")
+    out += ["",
+            "The merge's share: `bench/mem_probe.py --stage parquet` reads the same input and "
+            "writes the records the fake Space would answer through the Parquet output, with no "
+            "network; VmHWM (MB) before the merge and at the end.", "",
+            "| rows | prompt chars | input page rows | before the merge | at the end | merge s |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for probe in pqm["probes"]:
+        fig = probe.get("figures", {})
+        out.append(f"| {probe['n']:,} | {probe['prompt_chars']:,} | "
+                   f"{probe.get('input_page_rows', 1024):,} | "
+                   f"{f(fig.get('hwm_before_merge_mb'), '.1f')} | "
+                   f"{f(fig.get('vm_hwm_mb'), '.1f')} | {f(fig.get('merge_seconds'), '.1f')} |")
+    out.append("")
     return out
 
 

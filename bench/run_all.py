@@ -14,6 +14,9 @@ Sections (``--only overhead,sweep,...`` to pick some):
                 plus a py-spy profile of each and micro_hot_path.py (full size, or ``--profile``);
 * ``memory``    peak RSS of ours (and the reference) for 2k / 20k / 200k Parquet rows of
                 ~2 KB prompts, plus ``mem_probe.py`` stages to see what grows;
+* ``parquet_memory`` peak RSS of ours with Parquet output (the journal merge included) for
+                2k and 200k rows of ~2 KB prompts and 20k rows of ~20 KB prompts, against
+                the 2k run, plus ``mem_probe.py --stage parquet`` (the merge's share);
 * ``alternatives`` ours, the reference, the provider style (a session per prompt) and the
                 official gradio_client against a real local gradio server (needs
                 QWEN_BATCH_GRADIO4_PYTHON or QWEN_BATCH_GRADIO6_PYTHON; skipped without).
@@ -26,8 +29,11 @@ noisy neighbour hits both alike. Only 127.0.0.1 is ever contacted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +59,7 @@ from common import (
     reference_cmd,
     run_client,
     run_measured,
+    vm_status_mb,
     write_json,
 )
 
@@ -76,6 +83,9 @@ class Sizes:
     zero_reps: int
     memory: tuple[int, ...]
     memory_ref_max: int
+    parquet_memory: tuple[tuple[int, int, int], ...]
+    """(rows, prompt characters, input page rows or 0 for pyarrow's default) of the Parquet
+    output runs; the first is the baseline."""
     alt_n: int
     alt_reps: int
     profile: bool
@@ -84,10 +94,14 @@ class Sizes:
 SIZES = {
     "small": Sizes(name="small", reps=3, overhead_n=1000, sweep=(16, 64, 256), sweep_reps=1, sweep_min_n=320,
                    sweep_per_c=8, zero_n=2000, zero_reps=1, memory=(1000, 10_000),
-                   memory_ref_max=10_000, alt_n=64, alt_reps=1, profile=False),
+                   memory_ref_max=10_000,
+                   parquet_memory=((1000, 2000, 0), (10_000, 2000, 0), (1000, 20_000, 0)),
+                   alt_n=64, alt_reps=1, profile=False),
     "full": Sizes(name="full", reps=5, overhead_n=2000, sweep=(16, 32, 64, 128, 256, 512), sweep_reps=3,
                   sweep_min_n=640, sweep_per_c=12, zero_n=10_000, zero_reps=3,
-                  memory=(2000, 20_000, 200_000), memory_ref_max=20_000, alt_n=200, alt_reps=3,
+                  memory=(2000, 20_000, 200_000), memory_ref_max=20_000,
+                  parquet_memory=((2000, 2000, 0), (200_000, 2000, 0), (20_000, 20_000, 0),
+                                  (20_000, 20_000, 50)), alt_n=200, alt_reps=3,
                   profile=True),
 }
 LATENCY = 0.3
@@ -290,6 +304,100 @@ def section_memory(sz: Sizes) -> dict[str, Any]:
             "target_ratio_max": 1.25}
 
 
+def _input_file(n: int, chars: int, page_rows: int = 0) -> Path:
+    if page_rows:
+        return make_parquet(INPUTS / f"prompts-{n}-{chars // 1000}kb-pages{page_rows}.parquet", n,
+                            chars, page_rows=page_rows)
+    return make_parquet(INPUTS / f"prompts-{n}-{chars // 1000}kb.parquet", n, chars)
+
+
+def check_parquet_output(path: Path, n: int) -> dict[str, Any]:
+    """Rows of a Parquet output, and whether they are every row in input order with the
+    echo of its prompt as completion (read by a child: this process never loads pyarrow)."""
+    proc = subprocess.run([python_exe(), str(BENCH_DIR / "common.py"), "check-parquet", str(path),
+                           str(n)], cwd=str(REPO), timeout=600, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"rows": 0, "checked": False, "check_error": proc.stderr[-800:]}
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+class PhasePeaks:
+    """Peak VmRSS of a Parquet-output run by phase, told apart by its journal: ``start``
+    (no result yet: imports, the first reads), ``run`` (the journal grows), ``merge``
+    (the journal has stopped growing or is gone: the merge into the Parquet file)."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.peaks: dict[str, float] = {}
+        self._seen = 0
+        self._still = 0
+
+    def poll(self, pid: int) -> None:
+        rss = vm_status_mb(pid, "VmRSS")
+        try:
+            size = self.journal.stat().st_size
+        except OSError:
+            size = -1
+        if size > self._seen:
+            self._seen, self._still = size, 0
+        elif self._seen:
+            self._still += 1
+        # Still for 1 s (50 polls) after it grew, or gone: the run has ended.
+        phase = "start" if not self._seen else "merge" if size < 0 or self._still > 50 else "run"
+        if rss == rss:
+            self.peaks[phase] = max(self.peaks.get(phase, 0.0), round(rss, 1))
+
+
+def section_parquet_memory(sz: Sizes) -> dict[str, Any]:
+    """Peak RSS of whole ``qwen-batch run`` processes writing Parquet (the merge included)."""
+    runs: list[dict[str, Any]] = []
+    files = {case: _input_file(*case) for case in sz.parquet_memory}
+    workdir = WORK / "pqmem"
+    with FakeSpaceProc(0.0, CHUNKS) as space:
+        for n, chars, page_rows in sz.parquet_memory:
+            shutil.rmtree(workdir, ignore_errors=True)  # each run starts from nothing
+            workdir.mkdir(parents=True)
+            out = workdir / "ours.out.parquet"
+            cmd = ours_cmd(files[(n, chars, page_rows)], out, space.url, 64,
+                           workdir / "ours.summary.json")
+            phases = PhasePeaks(Path(str(out) + ".journal.jsonl"))
+            proc = run_measured(cmd, timeout=max(180.0, n / 20), server=space, poll=phases.poll)
+            check = check_parquet_output(out, n)
+            out.unlink(missing_ok=True)
+            row = {"n": n, "prompt_chars": chars, "input_page_rows": page_rows or 1024,
+                   **proc.to_dict(), **check,
+                   "phase_rss_mb": phases.peaks,
+                   "ok": proc.returncode == 0 and not proc.timed_out and check.get("checked")
+                   and check.get("rows") == n, "server": server_check(space)}
+            runs.append(row)
+            log(f"  parquet memory n={n} chars={chars} pages={page_rows}: rss "
+                f"{proc.maxrss_mb:.1f} MB (VmHWM {proc.hwm_mb:.1f}), wall {proc.wall_s:.1f} s, "
+                f"rows {check.get('rows')}"
+                f"{'' if row['ok'] else '  << NOT OK'}")
+    probes = []
+    for n, chars, page_rows in sz.parquet_memory:
+        output = WORK / "pqmem" / "probe.parquet"
+        figures = WORK / "pqmem" / "probe.json"
+        figures.unlink(missing_ok=True)
+        cmd = [python_exe(), str(BENCH_DIR / "mem_probe.py"), str(files[(n, chars, page_rows)]),
+               "--stage", "parquet", "--output", str(output), "--result", str(figures)]
+        res = run_measured(cmd, timeout=max(180.0, n / 20))
+        probe: dict[str, Any] = {"n": n, "prompt_chars": chars,
+                                 "input_page_rows": page_rows or 1024, "maxrss_mb": res.maxrss_mb,
+                                 "cpu_s": res.cpu_s, "ok": res.returncode == 0}
+        with contextlib.suppress(OSError, ValueError):
+            probe["figures"] = json.loads(figures.read_text())
+        probes.append(probe)
+        log(f"  probe parquet n={n} chars={chars} pages={page_rows}: rss {res.maxrss_mb:.1f} MB, "
+            f"before the merge {probe.get('figures', {}).get('hwm_before_merge_mb')} MB")
+    base = runs[0]["maxrss_mb"]
+    for row in runs:
+        row["ratio_to_first"] = row["maxrss_mb"] / base
+    return {"cases": [list(c) for c in sz.parquet_memory], "concurrency": 64, "latency": 0.0,
+            "runs": runs, "probes": probes, "target_ratio_max": 1.25}
+
+
 def section_alternatives(sz: Sizes) -> dict[str, Any]:
     gradio_py = None
     for var in ("QWEN_BATCH_GRADIO4_PYTHON", "QWEN_BATCH_GRADIO6_PYTHON"):
@@ -388,6 +496,11 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"memory {r['client']:9s} n={r['n']:6d}: ru_maxrss {r['maxrss_mb']:.1f} MB, "
                   f"ok={r['ok']}")
         print(f"  ours largest/smallest {f(m['ours_ratio_largest_smallest'], '.2f')} (<= 1.25)")
+    if "parquet_memory" in results:
+        for r in results["parquet_memory"]["runs"]:
+            print(f"parquet memory n={r['n']:6d} x {r['prompt_chars']:5d} chars: ru_maxrss "
+                  f"{r['maxrss_mb']:.1f} MB, {f(r['ratio_to_first'], '.2f')}x the first "
+                  f"(<= 1.25), ok={r['ok']}")
     if "alternatives" in results and "summary" in results["alternatives"]:
         a = results["alternatives"]
         print(f"alternatives (gradio {a['gradio']}, n={a['n']}, c={a['concurrency']}):")
@@ -410,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     global REUSE_MEMORY_RUNS
     REUSE_MEMORY_RUNS = args.reuse_memory_runs
     wanted = [s for s in args.only.split(",") if s] or [
-        "startup", "overhead", "sweep", "zero", "memory", "alternatives"]
+        "startup", "overhead", "sweep", "zero", "memory", "parquet_memory", "alternatives"]
     started = time.monotonic()
     results: dict[str, Any] = {}
     meta = {"size": args.size, "machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -428,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = section_zero(sz, sz.profile or args.profile)
         elif name == "memory":
             results[name] = section_memory(sz)
+        elif name == "parquet_memory":
+            results[name] = section_parquet_memory(sz)
         elif name == "alternatives":
             results[name] = section_alternatives(sz)
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.batching import rows_within
 from pipeline.records import encode_record
 from pipeline.sort import SortKey, order_key, sort_lines
 
@@ -43,48 +44,74 @@ class Peekable:
         return record
 
 
-def in_input_order(records: Iterator[dict[str, Any]], tmp_dir: str) -> Peekable:
+def in_input_order(records: Iterator[dict[str, Any]], tmp_dir: str, run_bytes: int) -> Peekable:
+    """The records sorted by input order; the sort holds up to ``run_bytes`` of lines."""
     keyed = ((order_key(r), encode_record(r)) for r in records)
-    return Peekable(sort_lines(keyed, tmp_dir=tmp_dir))
+    return Peekable(sort_lines(keyed, tmp_dir=tmp_dir, run_bytes=run_bytes))
 
 
 class Buffered:
-    """Collects slices and new rows into row groups of ``rows`` (not one per slice)."""
+    """Collects slices and new rows into row groups (not one per slice) of at most ``rows``
+    rows and about ``max_bytes`` bytes: a group is written once it reaches either."""
 
-    def __init__(self, writer: Any, rows: int) -> None:
-        self.writer, self.rows = writer, rows
+    def __init__(self, writer: Any, rows: int, max_bytes: int) -> None:
+        self.writer, self.rows, self.max_bytes = writer, rows, max_bytes
         self.tables: list[pa.Table] = []
         self.held = 0
+        self.held_bytes = 0.0
 
-    def add(self, table: pa.Table) -> None:
+    def full(self, rows: int = 0, nbytes: float = 0) -> bool:
+        """Whether ``rows`` more rows of ``nbytes`` would fill the row group."""
+        return self.held + rows >= self.rows or self.held_bytes + nbytes >= self.max_bytes
+
+    def room(self, row_bytes: float) -> int:
+        """Rows of ``row_bytes`` each that fit in the row group (at least 1)."""
+        return rows_within(row_bytes, max_bytes=max(1, int(self.max_bytes - self.held_bytes)),
+                           max_rows=max(1, self.rows - self.held))
+
+    def add(self, table: pa.Table, nbytes: float | None = None) -> None:
         if table.num_rows:
             self.tables.append(table)
             self.held += table.num_rows
-        if self.held >= self.rows:
+            self.held_bytes += table.nbytes if nbytes is None else nbytes
+        if self.full():
             self.flush()
+
+    def add_rows(self, table: pa.Table, start: int, stop: int) -> None:
+        """Rows ``start`` to ``stop`` of ``table``, cut to the room left in each row group."""
+        row_bytes = table.nbytes / max(1, table.num_rows)
+        while start < stop:
+            count = min(stop - start, self.room(row_bytes))
+            self.add(table.slice(start, count), count * row_bytes)
+            start += count
 
     def flush(self) -> None:
         if self.tables:
-            self.writer.write_table(pa.concat_tables(self.tables), self.rows)
-            self.tables, self.held = [], 0
+            self.writer.write_table(pa.concat_tables(self.tables), row_group_size=self.held)
+            self.tables, self.held, self.held_bytes = [], 0, 0.0
 
 
 def interleave(out: Buffered, table: pa.Table | None, new: Peekable,
                to_table: Callable[[list[dict[str, Any]]], pa.Table]) -> int:
     """Write ``table`` (existing rows, in order) with the new rows that sort before its
-    rows slotted in; ``table=None`` writes the remaining new rows. Returns new rows written."""
+    rows slotted in; ``table=None`` writes the remaining new rows. Returns new rows written.
+
+    New rows are decoded only up to the room left in the row group being built, so
+    the rows held at once stay within its byte budget (plus one row).
+    """
     added = 0
 
     def take(below: SortKey | None) -> None:
         nonlocal added
         chunk: list[dict[str, Any]] = []
+        size = 0
         while new.head is not None and (below is None or new.head[0] <= below):
-            record = new.pop()
+            size += len(new.head[1])
+            chunk.append(new.pop())
             added += 1
-            chunk.append(record)
-            if len(chunk) >= out.rows:
+            if out.full(len(chunk), size):
                 out.add(to_table(chunk))
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             out.add(to_table(chunk))
 
@@ -96,10 +123,10 @@ def interleave(out: Buffered, table: pa.Table | None, new: Peekable,
     start = 0
     while start < len(keys):
         if new.head is None:
-            out.add(table.slice(start))
+            out.add_rows(table, start, len(keys))
             break
         end = bisect.bisect_left(keys, new.head[0], lo=start)
-        out.add(table.slice(start, end - start))
+        out.add_rows(table, start, end)
         start = end
         if start < len(keys):
             take(keys[start])

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.alloc import use_system_arrow_pool
+from pipeline.batching import MERGE_BATCH_BYTES, parquet_row_bytes, rows_within, sized_batches
 from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
 from pipeline.jsonl import JsonlAppender, iter_jsonl_records
@@ -31,6 +32,7 @@ from pipeline.parquet_types import (
     plan,
     unify,
 )
+from pipeline.readers_arrow import approx_size
 from pipeline.records import Key, output_key
 
 log = logging.getLogger(__name__)
@@ -60,18 +62,21 @@ class ParquetOutput:
 
     ``column_types`` gives the Arrow types of ``id`` and of kept columns (by output
     name) as the input has them; other columns get the types of their values
-    (:mod:`pipeline.parquet_types`). ``flush_rows`` bounds the rows held in memory
-    during the merge (and the row group size).
+    (:mod:`pipeline.parquet_types`). ``batch_bytes`` bounds the bytes of rows the
+    merge holds at once in each of its steps, and so the size of the row groups it
+    writes; ``flush_rows`` caps their rows as well.
     """
 
     def __init__(self, path: str, *, flush_rows: int = 10_000, fsync: bool = False,
-                 column_types: Mapping[str, pa.DataType] | None = None) -> None:
+                 column_types: Mapping[str, pa.DataType] | None = None,
+                 batch_bytes: int = MERGE_BATCH_BYTES) -> None:
         self.path = path
         self.column_types = dict(column_types or {})
         self._binary = {n: t for n, t in self.column_types.items() if has_binary(t)}
         self.journal_path = path + JOURNAL_SUFFIX
         self.tmp_path = path + ".tmp"
         self.flush_rows = flush_rows
+        self.batch_bytes = batch_bytes
         use_system_arrow_pool()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp_path)  # an interrupted merge; its rows are still in the journal
@@ -113,7 +118,7 @@ class ParquetOutput:
         self._journal.close()
         self._journal = None
         merge_journal(self.path, self.journal_path, self.tmp_path, batch_rows=self.flush_rows,
-                      column_types=self.column_types)
+                      batch_bytes=self.batch_bytes, column_types=self.column_types)
 
     finalize = close
 
@@ -124,9 +129,15 @@ class ParquetOutput:
         self.close()  # also on errors: every journaled row is a finished one
 
 
+_READ_BUFFER = 1 << 20
+"""Column chunks are read through a buffer of this size: an output written by an earlier
+version may have row groups of 10,000 rows, and an unbuffered read loads a column chunk
+whole."""
+
+
 def _open_parquet(path: str) -> Any:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, buffer_size=_READ_BUFFER)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise OutputError(f"cannot read the existing output {path}: {exc}") from exc
 
@@ -136,9 +147,12 @@ def parquet_keys(path: str) -> Iterator[Key]:
     if not os.path.exists(path):
         return
     with _open_parquet(path) as parquet:
-        has_sample = "sample" in parquet.schema_arrow.names
+        columns = ["id", "sample"] if "sample" in parquet.schema_arrow.names else ["id"]
+        has_sample = len(columns) == 2
+        rows = rows_within(parquet_row_bytes(parquet.metadata, columns),
+                           max_bytes=MERGE_BATCH_BYTES, max_rows=65_536)
         try:
-            for batch in parquet.iter_batches(columns=["id", "sample"] if has_sample else ["id"]):
+            for batch in parquet.iter_batches(batch_size=rows, columns=columns):
                 ids = batch.column(0).to_pylist()
                 samples = batch.column(1).to_pylist() if has_sample else [0] * len(ids)
                 yield from ((str(i), int(s or 0)) for i, s in zip(ids, samples, strict=True))
@@ -146,21 +160,16 @@ def parquet_keys(path: str) -> Iterator[Key]:
             raise OutputError(f"cannot read the existing output {path}: {exc}") from exc
 
 
+_PAGE_BYTES = 1 << 20
+"""Bytes of a data page the merge aims at (pyarrow's own ``data_page_size``)."""
+_ROW_OVERHEAD = 64
+"""Bytes counted for a row besides its values (a row of no kept column still costs some)."""
+
+
 def _digest(key: Key) -> int:
     # 16 bytes instead of a tuple of objects: a merge of millions of rows keeps a small set.
     # 128 bits: a collision (odds ~n²/2¹²⁹) that would drop a journal row is out of reach.
     return key_digest(*key)
-
-
-def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for record in records:
-        chunk.append(record)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _new_rows(
@@ -182,15 +191,20 @@ def _new_rows(
 
 
 def _new_types(
-    journal: str, old_keys: DigestSet, pending: set[int], batch_rows: int,
+    journal: str, old_keys: DigestSet, pending: set[int], batch_rows: int, batch_bytes: int,
     declared: Mapping[str, pa.DataType],
 ) -> dict[str, pa.DataType | None]:
     """Pass 1: the types of ``id`` and the kept columns of the new rows that the input's
-    schema does not give (None: mixed), in first-seen order; fills ``pending``."""
+    schema does not give (None: mixed), in first-seen order; fills ``pending``.
+
+    Only those columns of each row are held, in chunks of up to ``batch_bytes``."""
     types: dict[str, pa.DataType | None] = {}
-    for chunk in _chunks(_new_rows(journal, old_keys, pending, first_pass=True), batch_rows):
-        names = dict.fromkeys(n for row in chunk for n in row
-                              if (n == "id" or n not in OUTPUT_SCHEMA.names) and n not in declared)
+    typed = ({n: v for n, v in row.items()
+              if (n == "id" or n not in OUTPUT_SCHEMA.names) and n not in declared}
+             for row in _new_rows(journal, old_keys, pending, first_pass=True))
+    for chunk in sized_batches(typed, lambda row: _ROW_OVERHEAD + approx_size(row, batch_bytes),
+                               max_bytes=batch_bytes, max_rows=batch_rows):
+        names = dict.fromkeys(n for row in chunk for n in row)
         for name in names:
             kind = infer([row.get(name) for row in chunk])
             types[name] = unify(types[name], kind) if name in types else kind
@@ -228,10 +242,13 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, old: pa.Schema) -> pa.Tab
 
 
 def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 10_000,
+                  batch_bytes: int = MERGE_BATCH_BYTES,
                   column_types: Mapping[str, pa.DataType] | None = None) -> int:
     """Merge a journal into a Parquet file atomically, delete it, and return the rows added.
 
-    Memory holds one batch plus sets of keys. Safe to repeat after a crash at any
+    Memory holds sets of keys and, at each step, rows up to ``batch_bytes`` (and
+    ``batch_rows``): type inference, the sort's in-memory runs, the batches of the
+    existing file and the row group being written. Safe to repeat after a crash at any
     point: until the rename, ``path`` is untouched and the journal intact; after it,
     the journal's rows are found in ``path`` and dropped. A column whose values do not
     convert to its planned type (ids of an earlier version's output that are not
@@ -240,7 +257,8 @@ def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 1
     forced: set[str] = set()
     while True:
         try:
-            return _merge(path, journal, tmp_path, batch_rows, column_types or {}, forced)
+            return _merge(path, journal, tmp_path, batch_rows, batch_bytes, column_types or {},
+                          forced)
         except Unconvertible as exc:
             if exc.column in forced or (exc.column != "id" and exc.column in OUTPUT_SCHEMA.names):
                 raise OutputError(f"cannot merge {journal} into {path}: {exc}; the journal is "
@@ -249,14 +267,14 @@ def merge_journal(path: str, journal: str, tmp_path: str, *, batch_rows: int = 1
             forced.add(exc.column)
 
 
-def _merge(path: str, journal: str, tmp_path: str, batch_rows: int,
+def _merge(path: str, journal: str, tmp_path: str, batch_rows: int, batch_bytes: int,
            declared: Mapping[str, pa.DataType], forced: set[str]) -> int:
     existing = _open_parquet(path) if os.path.exists(path) else None
     added = 0
     try:
         old_keys = DigestSet(_digest(key) for key in parquet_keys(path))
         pending: set[int] = set()
-        inferred = _new_types(journal, old_keys, pending, batch_rows, declared)
+        inferred = _new_types(journal, old_keys, pending, batch_rows, batch_bytes, declared)
         if not pending and existing is not None:
             _remove(journal)  # nothing new, e.g. the last run died right after its rename
             return 0
@@ -264,16 +282,24 @@ def _merge(path: str, journal: str, tmp_path: str, batch_rows: int,
         schema = _plan_schema(old_schema, declared, inferred, forced)
         # Input order: the new rows sorted (bounded memory) and slotted between the old ones.
         new_rows = in_input_order(_new_rows(journal, old_keys, pending, first_pass=False),
-                                  os.path.dirname(os.path.abspath(path)))
+                                  os.path.dirname(os.path.abspath(path)), batch_bytes)
 
         def to_table(chunk: list[dict[str, Any]]) -> pa.Table:
             return pa.Table.from_arrays(
                 [new_array([r.get(f.name) for r in chunk], f) for f in schema], schema=schema)
 
-        with new_rows, pq.ParquetWriter(tmp_path, schema) as writer:
-            out = Buffered(writer, batch_rows)
-            for batch in existing.iter_batches(batch_size=batch_rows) if existing else ():
-                added += interleave(out, _conform(batch, schema, old_schema), new_rows, to_table)
+        # Pages of about 1 MiB however wide the rows (the writer checks a page's size every
+        # write_batch_size rows, 1024 by default): a reader decompresses a page whole.
+        per_row = max(_size(journal) / max(1, len(pending)), parquet_row_bytes(
+            existing.metadata) if existing else 0.0)
+        page_rows = rows_within(per_row, max_bytes=_PAGE_BYTES, max_rows=1024)
+        with new_rows, pq.ParquetWriter(tmp_path, schema, write_batch_size=page_rows) as writer:
+            out = Buffered(writer, batch_rows, batch_bytes)
+            old_rows = rows_within(parquet_row_bytes(existing.metadata), max_bytes=batch_bytes,
+                                   max_rows=batch_rows) if existing else 0
+            for old in existing.iter_batches(batch_size=old_rows, use_threads=False) \
+                    if existing else ():
+                added += interleave(out, _conform(old, schema, old_schema), new_rows, to_table)
             added += interleave(out, None, new_rows, to_table)
             out.flush()
         _fsync_path(tmp_path)
@@ -297,6 +323,13 @@ def _fsync_path(path: str) -> None:
         log.debug("cannot fsync %s: %s", path, exc)
     finally:
         os.close(fd)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _remove(path: str) -> None:

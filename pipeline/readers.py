@@ -91,10 +91,10 @@ def read_records(
 
     Bad records come out as InputError items instead of stopping the stream; every
     item, good or bad, takes the next ``position``, so positions are stable across
-    runs. The file is opened, and its first record read, *by this call*, so an
-    unreadable file, or one with no rows at all, raises InputFileError here, before
-    anything is written; an I/O error or corrupt page met later is raised from
-    ``next()``. CSV/TSV columns are read as text unless ``infer_csv_types``.
+    runs. The file is opened, and its first record read (of Parquet, its footers),
+    *by this call*, so an unreadable file, or one with no rows at all, raises
+    InputFileError here, before anything is written; an I/O error or corrupt page met
+    later is raised from ``next()``. CSV/TSV columns are read as text unless ``infer_csv_types``.
     """
     kind = detect_format(path, fmt)
     name = "<stdin>" if path == "-" else path
@@ -107,7 +107,9 @@ def read_records(
         from pipeline import readers_arrow  # pyarrow: only for these formats
 
         if kind == "parquet":
-            items = readers_arrow.read_parquet(path, max_record_bytes, batch_size)
+            rows, items = readers_arrow.open_parquet(path, max_record_bytes, batch_size)
+            if rows > 0:  # no page decoded yet (see open_parquet)
+                return items
         else:
             items = readers_arrow.read_csv(path, "\t" if kind == "tsv" else ",",
                                            max_record_bytes, batch_size,

@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.alloc import use_system_arrow_pool
+from pipeline.batching import READ_BATCH_BYTES, parquet_row_bytes, rows_within
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
 
@@ -26,6 +27,19 @@ _CSV_BLOCK = 1 << 20  # bytes of CSV parsed at a time
 
 def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
     """The rows of a Parquet file, or of every Parquet file under a directory, in order."""
+    return open_parquet(path, limit, batch_size)[1]
+
+
+def open_parquet(path: str, limit: int,
+                 batch_size: int) -> tuple[int, Iterator[RawRecord | InputError]]:
+    """The rows in the footers, and the rows of :func:`read_parquet`, lazily.
+
+    No page is decoded before the first ``next()``: an input opened early (and the
+    fresh read a run makes to check it against its output) holds no page, nor a
+    column's dictionary, meanwhile. A batch holds at most ``batch_size`` rows, fewer
+    when the rows are wide: as many as fit in :data:`~pipeline.batching.READ_BATCH_BYTES`
+    by the file's footer.
+    """
     use_system_arrow_pool()
     if os.path.isdir(path):
         return _read_dataset(path, limit, batch_size)
@@ -36,16 +50,23 @@ def read_parquet(path: str, limit: int, batch_size: int) -> Iterator[RawRecord |
         parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
     except ARROW_ERRORS as exc:
         raise InputFileError(f"cannot read {path} as Parquet: {exc}") from exc
-    return _read_file(parquet, path, limit, batch_size)
+    return parquet.metadata.num_rows, _read_file(parquet, path, limit, batch_size)
 
 
 def _read_file(parquet: Any, path: str, limit: int,
                batch_size: int) -> Iterator[RawRecord | InputError]:
     try:
-        batches = parquet.iter_batches(batch_size=batch_size)
+        batches = parquet.iter_batches(batch_size=_batch_rows(parquet.metadata, batch_size),
+                                       use_threads=False)
         yield from _rows(batches, lambda row: f"{path} row {row}", 0, limit, path)
     finally:
         parquet.close()
+
+
+def _batch_rows(metadata: Any, batch_size: int) -> int:
+    """Rows of a batch: ``batch_size`` or fewer, to stay within the byte budget."""
+    return rows_within(parquet_row_bytes(metadata), max_bytes=READ_BATCH_BYTES,
+                       max_rows=batch_size)
 
 
 def _open_dataset(path: str) -> Any:
@@ -60,7 +81,8 @@ def dataset_columns(path: str) -> list[str]:
     return list(_open_dataset(path).schema.names)
 
 
-def _read_dataset(path: str, limit: int, batch_size: int) -> Iterator[RawRecord | InputError]:
+def _read_dataset(path: str, limit: int,
+                  batch_size: int) -> tuple[int, Iterator[RawRecord | InputError]]:
     """A directory of Parquet files (Hive ``key=value/`` folders become columns), file by file.
 
     Files are read in path order, so positions are stable from run to run; a row's
@@ -75,7 +97,13 @@ def _read_dataset(path: str, limit: int, batch_size: int) -> Iterator[RawRecord 
     if not fragments:
         raise InputFileError(f"{path}: the directory holds no Parquet files")
     scan = ds.ParquetFragmentScanOptions(pre_buffer=False, buffer_size=_PARQUET_BUFFER)
-    return _read_fragments(fragments, dataset.schema, scan, limit, batch_size)
+    total = 0
+    for fragment in fragments:
+        try:
+            total += fragment.metadata.num_rows
+        except ARROW_ERRORS as exc:
+            raise InputFileError(f"cannot read {fragment.path} as Parquet: {exc}") from exc
+    return total, _read_fragments(fragments, dataset.schema, scan, limit, batch_size)
 
 
 def _read_fragments(fragments: list[Any], schema: Any, scan: Any, limit: int,
@@ -83,7 +111,8 @@ def _read_fragments(fragments: list[Any], schema: Any, scan: Any, limit: int,
     position = 0
     for fragment in fragments:
         name = fragment.path
-        batches = fragment.to_batches(schema=schema, batch_size=batch_size, use_threads=False,
+        rows = _batch_rows(fragment.metadata, batch_size)  # read (and checked) at open
+        batches = fragment.to_batches(schema=schema, batch_size=rows, use_threads=False,
                                       fragment_scan_options=scan)
         for item in _rows(batches, lambda row, name=name: f"{name} row {row}", position,
                           limit, name):

@@ -90,3 +90,26 @@ def test_regression_check_passes_and_can_fail(tmp_path: Path) -> None:
     assert figures["clean"] and figures["wall_ratio_ref_over_ours"] > 0
     # Ours can never be 100x faster than the reference: this threshold must fail.
     assert check_regression.main([*args, "--threshold", "100"]) == 1
+
+
+def test_parquet_memory_probe_and_output_check(tmp_path: Path) -> None:
+    inp = common.make_parquet(tmp_path / "in.parquet", N, prompt_chars=300)
+    figures = tmp_path / "probe.json"
+    res = common.run_measured(
+        [common.python_exe(), str(BENCH / "mem_probe.py"), str(inp), "--stage", "parquet",
+         "--output", str(tmp_path / "out.parquet"), "--result", str(figures)], timeout=120)
+    assert res.returncode == 0, res.stderr_tail
+    probe = json.loads(figures.read_text())
+    assert probe["rows"] == N and 0 < probe["hwm_before_merge_mb"] <= probe["vm_hwm_mb"]
+    assert not (tmp_path / "out.parquet").exists()  # the probe cleans up after itself
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompts = [f"p{i}" for i in range(3)]
+    out = tmp_path / "checked.parquet"
+    pq.write_table(pa.table({"position": [0, 1, 2], "prompt": prompts,
+                             "completion": [f"Echo: {p}\nSystem: s" for p in prompts]}), out)
+    assert common._check_parquet(out, 3)["checked"]
+    pq.write_table(pa.table({"position": [0, 2, 1], "prompt": prompts,
+                             "completion": [f"Echo: {p}\nSystem: s" for p in prompts]}), out)
+    assert not common._check_parquet(out, 3)["checked"]

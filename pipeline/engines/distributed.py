@@ -3,7 +3,8 @@
 The driver plans rows exactly as the local engine does (``plan_rows``: templates,
 messages, duplicates, resume by ``(id, sample)``, ``--limit``); bad input comes out at
 once as input failures. The rows to do are written to a *spool*: Parquet files of at
-most ``rows_per_file`` encoded rows (:func:`.codec.encode_row`) in ``<output>.spool/``,
+most ``rows_per_file`` encoded rows (:func:`.codec.encode_row`), and about
+:data:`~pipeline.batching.MERGE_BATCH_BYTES` of them, in ``<output>.spool/``,
 so the input is never held in memory, cut into the executor's blocks (one spool row per
 block, see :mod:`.stream`). An :class:`Executor` (Ray Data, or the in-process one used
 by tests) runs :class:`.actor.PromptBatchCallable` over the blocks and hands back each
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.batching import MERGE_BATCH_BYTES
 from pipeline.endpoints import EndpointPool
 from pipeline.errors import EndpointDownError, OutputError, QwenBatchError
 from pipeline.jobs import KeySet
@@ -65,20 +67,24 @@ class Spool:
     """Planned rows written as Parquet files of blocks of encoded rows, a bounded number per file.
 
     Each Parquet row is one block of at most ``block_rows`` rows
-    (:func:`.stream.block_packets`): the unit an actor is given.
+    (:func:`.stream.block_packets`): the unit an actor is given. A file is written once
+    it holds ``rows_per_file`` rows, or ``max_bytes`` of them at the end of a block.
     """
 
     def __init__(self, directory: str, samples: int, block_rows: int,
-                 rows_per_file: int = SPOOL_ROWS_PER_FILE) -> None:
+                 rows_per_file: int = SPOOL_ROWS_PER_FILE,
+                 max_bytes: int = MERGE_BATCH_BYTES) -> None:
         self.directory = directory
         self.samples = samples
         self.block_rows = block_rows
         # Whole blocks per file: only the last block of the spool is a short one.
         self.rows_per_file = max(1, rows_per_file // block_rows) * block_rows
+        self.max_bytes = max_bytes
         self.paths: list[str] = []
         self.rows = 0
         self.jobs = 0
         self._buffer: list[str] = []
+        self._buffer_bytes = 0
         shutil.rmtree(directory, ignore_errors=True)  # a crashed run's spool: planned anew
         try:
             os.makedirs(directory)
@@ -86,10 +92,13 @@ class Spool:
             raise OutputError(f"cannot make the spool {directory}: {exc.strerror or exc}") from exc
 
     def add(self, row: PromptRow) -> None:
-        self._buffer.append(encode_row(row))
+        encoded = encode_row(row)
+        self._buffer.append(encoded)
+        self._buffer_bytes += len(encoded)
         self.rows += 1
         self.jobs += len(row.samples) if row.samples is not None else self.samples
-        if len(self._buffer) >= self.rows_per_file:
+        if len(self._buffer) >= self.rows_per_file or (
+                self._buffer_bytes >= self.max_bytes and len(self._buffer) % self.block_rows == 0):
             self.flush()
 
     def flush(self) -> None:
@@ -100,7 +109,7 @@ class Spool:
             except (OSError, pa.ArrowException) as exc:
                 raise OutputError(f"cannot write the spool {path}: {exc}") from exc
             self.paths.append(path)
-            self._buffer = []
+            self._buffer, self._buffer_bytes = [], 0
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
