@@ -19,12 +19,13 @@ run: ``EndpointDownError`` naming each URL and its cause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from .clock import LOOP_CLOCK, Clock, wait_event
 from .errors import (
     AccessDeniedError,
     ConnectError,
@@ -102,6 +103,28 @@ class Endpoint:
         return (self.in_flight + 1) * (self.ewma_ms or 1000.0)
 
 
+class Attempt:
+    """One request on one endpoint, as :meth:`EndpointPool.attempt` hands it out."""
+
+    __slots__ = ("duration_ms", "endpoint", "not_reached", "queue_rank")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.duration_ms: float | None = None
+        self.queue_rank: int | None = None
+        self.not_reached = False
+        """Set when the attempt failed only because the endpoint was never reached."""
+
+    async def complete(self, prompt: str, system: str | None, trace: RequestTrace) -> Completion:
+        """Send the request; ``trace`` is read for the verdict whether it answers or not."""
+        try:
+            completion = await self.endpoint.completer.complete(prompt, system, trace=trace)
+        finally:
+            self.duration_ms = trace.duration_ms
+        self.queue_rank = completion.trace.queue_rank
+        return completion
+
+
 class EndpointPool:
     """Chooses an endpoint per attempt and keeps each one's circuit breaker."""
 
@@ -115,6 +138,7 @@ class EndpointPool:
         max_cooldown: float = 60.0,
         max_outage: float = 600.0,
         connect_grace: float = 60.0,
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         if not completers:
             raise ValueError("at least one endpoint is needed")
@@ -126,17 +150,21 @@ class EndpointPool:
         self.max_cooldown = max_cooldown
         self.max_outage = max_outage
         self.connect_grace = connect_grace
+        self.clock = clock
         self._started: float | None = None
         self._changed = asyncio.Event()
 
     async def acquire(self) -> Endpoint:
-        """The endpoint for the next attempt; waits while every circuit is open."""
-        loop = asyncio.get_running_loop()
+        """The endpoint for the next attempt; waits while every circuit is open.
+
+        Every endpoint acquired must be given back once, by :meth:`release` or
+        :meth:`abandon`; :meth:`attempt` does both in the right order.
+        """
         if self._started is None:
-            self._started = loop.time()
+            self._started = self.clock.now()
         started = self._started
         while True:
-            now = loop.time()
+            now = self.clock.now()
             closed = []
             for ep in self.endpoints:
                 if ep.state == "open" and now >= ep.open_until:
@@ -176,8 +204,37 @@ class EndpointPool:
             wake = min(wake, since + limit + 0.01)
             self._changed.clear()
             # A timeout here means it is time to probe (or to give up): loop and look again.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, wake - now))
+            await wait_event(self._changed, max(0.01, wake - now), self.clock)
+
+    @asynccontextmanager
+    async def attempt(self) -> AsyncIterator[Attempt]:
+        """One attempt, from the choice of its endpoint to the verdict on it.
+
+        The body sends the request through :meth:`Attempt.complete`. On the way out the
+        endpoint is given back exactly once: :meth:`release` with the body's error (or
+        None), or :meth:`abandon` when the body was cancelled. When the error was the
+        endpoint's alone (never reached), ``attempt.not_reached`` is True and the error
+        still propagates. Subclasses wrap this to hold more for the attempt's length.
+        """
+        attempt = Attempt(await self.acquire())
+        try:
+            yield attempt
+        except asyncio.CancelledError:
+            self.abandon(attempt.endpoint)
+            raise
+        except BaseException as error:
+            attempt.not_reached = self.release(attempt.endpoint, error, attempt.duration_ms)
+            raise
+        self.release(attempt.endpoint, None, attempt.duration_ms)
+
+    def abandon(self, ep: Endpoint) -> None:
+        """An attempt on ``ep`` was cancelled: give its place back, no verdict on its health.
+
+        If it was the probe of an open circuit, the next attempt probes instead.
+        """
+        ep.in_flight -= 1
+        ep.probing = False
+        self._changed.set()
 
     def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> bool:
         """Report how an attempt on ``ep`` ended.
@@ -208,7 +265,7 @@ class EndpointPool:
         ep.failed += 1
         ep.failures += 1
         ep.last_error = f"{type(error).__name__}: {error}"
-        now = asyncio.get_running_loop().time()
+        now = self.clock.now()
         if kind == "gone":
             ep.state = "gone"
             log.error("endpoint %s is gone: %s", ep.url, error)
@@ -234,7 +291,7 @@ class EndpointPool:
         if not retryable:  # access denied, TLS: the next attempt meets the same refusal
             ep.state = "gone"
         elif ep.state != "open":  # one failure is enough to bench it: nothing ever worked
-            now = asyncio.get_running_loop().time()
+            now = self.clock.now()
             ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
             ep.state, ep.open_until = "open", now + ep.cooldown
             if ep.outage_since is None:

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Plain data and the one exception tree: the words every layer speaks.
     ("data", ("errors", "models")),
     # No I/O: bytes, text and records in, values out.
-    ("pure", ("sse", "gradio", "space_config", "hf_status", "retry", "prompts", "durations",
+    ("pure", ("sse", "gradio", "space_config", "hf_status", "retry", "prompts", "durations", "clock",
               "digests", "rowspec", "batching")),
     # The only modules that touch the network (aiohttp), and the secrets it carries.
     ("transport", ("client", "http_errors", "provider", "sessions", "proxies", "redaction")),
