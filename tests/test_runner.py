@@ -85,13 +85,9 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def runner_tasks() -> list[asyncio.Task[object]]:
-    """Unfinished tasks created by run_batch (its jobs and its stop watcher)."""
-    out = []
-    for task in asyncio.all_tasks():
-        name = getattr(task.get_coro(), "__qualname__", "")
-        if not task.done() and (name.startswith("run_batch") or name == "Event.wait"):
-            out.append(task)
-    return out
+    """Unfinished tasks created by run_batch (its workers and watchers, all named so)."""
+    return [task for task in asyncio.all_tasks()
+            if not task.done() and task.get_name().startswith("run_batch")]
 
 
 # -- the happy path ------------------------------------------------------------------------
