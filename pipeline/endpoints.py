@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -104,16 +103,42 @@ class Endpoint:
 
 
 class Attempt:
-    """One request on one endpoint, as :meth:`EndpointPool.attempt` hands it out."""
+    """One request on one endpoint: ``async with pool.attempt() as attempt:``.
 
-    __slots__ = ("duration_ms", "endpoint", "not_reached", "queue_rank")
+    Entering takes the endpoint (and whatever else the pool holds for an attempt),
+    waiting while every circuit is open; the body sends the request through
+    :meth:`complete`; leaving gives everything back exactly once, with the verdict:
+    released with the body's error (or None), or abandoned when the body was
+    cancelled. When the error was the endpoint's alone (never reached),
+    :attr:`not_reached` is True and the error still propagates. An attempt is entered
+    once; there is no other way to take an endpoint for a request, so none to forget
+    to give it back.
+    """
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
+    __slots__ = ("_pool", "_stage", "duration_ms", "endpoint", "not_reached", "queue_rank")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+        self._stage = 0  # 0: new, 1: holding an endpoint, 2: ended
+        self.endpoint: Endpoint
         self.duration_ms: float | None = None
         self.queue_rank: int | None = None
         self.not_reached = False
         """Set when the attempt failed only because the endpoint was never reached."""
+
+    async def __aenter__(self) -> Attempt:
+        if self._stage:
+            raise RuntimeError("an attempt is entered once")
+        self.endpoint = await self._pool._begin_attempt()
+        self._stage = 1
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: object) -> None:
+        if self._stage != 1:
+            raise RuntimeError("an attempt ends once, after it began")
+        self._stage = 2
+        self._pool._end_attempt(self, error)
 
     async def complete(self, prompt: str, system: str | None, trace: RequestTrace) -> Completion:
         """Send the request; ``trace`` is read for the verdict whether it answers or not."""
@@ -158,7 +183,7 @@ class EndpointPool:
         """The endpoint for the next attempt; waits while every circuit is open.
 
         Every endpoint acquired must be given back once, by :meth:`release` or
-        :meth:`abandon`; :meth:`attempt` does both in the right order.
+        :meth:`abandon`; an :meth:`attempt` does it in the right order.
         """
         if self._started is None:
             self._started = self.clock.now()
@@ -206,26 +231,25 @@ class EndpointPool:
             # A timeout here means it is time to probe (or to give up): loop and look again.
             await wait_event(self._changed, max(0.01, wake - now), self.clock)
 
-    @asynccontextmanager
-    async def attempt(self) -> AsyncIterator[Attempt]:
-        """One attempt, from the choice of its endpoint to the verdict on it.
+    def attempt(self) -> Attempt:
+        """A new attempt, to enter with ``async with`` (see :class:`Attempt`)."""
+        return Attempt(self)
 
-        The body sends the request through :meth:`Attempt.complete`. On the way out the
-        endpoint is given back exactly once: :meth:`release` with the body's error (or
-        None), or :meth:`abandon` when the body was cancelled. When the error was the
-        endpoint's alone (never reached), ``attempt.not_reached`` is True and the error
-        still propagates. Subclasses wrap this to hold more for the attempt's length.
+    async def _begin_attempt(self) -> Endpoint:
+        """What an :class:`Attempt` takes on entering: its endpoint.
+
+        A subclass that holds more for an attempt's length takes it here and gives it
+        back in :meth:`_end_attempt`, which the attempt calls exactly once after this
+        returned (and never if this raised).
         """
-        attempt = Attempt(await self.acquire())
-        try:
-            yield attempt
-        except asyncio.CancelledError:
+        return await self.acquire()
+
+    def _end_attempt(self, attempt: Attempt, error: BaseException | None) -> None:
+        """Give back what :meth:`_begin_attempt` took, with the verdict on the endpoint."""
+        if isinstance(error, asyncio.CancelledError):
             self.abandon(attempt.endpoint)
-            raise
-        except BaseException as error:
+        else:
             attempt.not_reached = self.release(attempt.endpoint, error, attempt.duration_ms)
-            raise
-        self.release(attempt.endpoint, None, attempt.duration_ms)
 
     def abandon(self, ep: Endpoint) -> None:
         """An attempt on ``ep`` was cancelled: give its place back, no verdict on its health.

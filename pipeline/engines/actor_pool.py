@@ -8,22 +8,21 @@ they all draw on this one pool, so that the actor never has more than its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.client import GradioQueueClient
-from pipeline.endpoints import Attempt, EndpointPool
+from pipeline.endpoints import Attempt, Endpoint, EndpointPool
 from pipeline.limits import AdaptiveLimit, RateLimiter
 
 
 class ActorPool(EndpointPool):
     """The actor's endpoint pool, behind the actor's gate, shared limit and rate.
 
-    An attempt (:meth:`attempt`, the only way :func:`~pipeline.runner.run_batch` takes an
-    endpoint) first waits for ``gate`` to be open (see
-    :meth:`.actor.PromptBatchCallable.pause_requests`), takes a slot of ``limit`` (and
-    waits for the rate), then an endpoint, as run_batch does with its own limit: the
+    An attempt (:class:`~pipeline.endpoints.Attempt`, the only way
+    :func:`~pipeline.runner.run_batch` takes an endpoint) first waits for ``gate`` to be
+    open (see :meth:`.actor.PromptBatchCallable.pause_requests`), takes a slot of
+    ``limit`` (and waits for the rate), then an endpoint, as run_batch does with its own limit: the
     endpoint is chosen when the request can start, by the health known then. The slot is
     held for the attempt's length and given back however it ends, after the limit has
     followed the outcome (cut on overload, grown on answers that did not queue).
@@ -36,17 +35,22 @@ class ActorPool(EndpointPool):
         self.rate = rate
         self.gate = gate
 
-    @asynccontextmanager
-    async def attempt(self) -> AsyncIterator[Attempt]:
+    async def _begin_attempt(self) -> Endpoint:
         await self.gate.wait()
-        async with self.limit:
+        await self.limit.acquire()
+        try:
             await self.rate.wait()
-            async with super().attempt() as attempt:
-                try:
-                    yield attempt
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as error:
-                    self.limit.adapt(error)
-                    raise
+            return await super()._begin_attempt()
+        except BaseException:
+            self.limit.release()
+            raise
+
+    def _end_attempt(self, attempt: Attempt, error: BaseException | None) -> None:
+        try:
+            super()._end_attempt(attempt, error)
+        finally:
+            if error is None:
                 self.limit.adapt(None, attempt.queue_rank)
+            elif not isinstance(error, asyncio.CancelledError):
+                self.limit.adapt(error)
+            self.limit.release()
