@@ -92,11 +92,13 @@ def _one_row(tmp_path: Path) -> Path:
 
 
 async def test_a_run_as_a_library_leaves_the_process_allocator_alone(tmp_path: Path) -> None:
-    from pipeline.app import RunOptions, run
+    from run_options import run_options
+
+    from pipeline.app import run
     from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 
     async with run_fake_space(FakeSpaceConfig(gradio_major=4, latency=0.0)) as space:
-        outcome = await run(RunOptions(input=str(_one_row(tmp_path)),
+        outcome = await run(run_options(input=str(_one_row(tmp_path)),
                                        output=str(tmp_path / "out.jsonl"),
                                        errors=str(tmp_path / "errors.jsonl"),
                                        urls=(space.url,), progress=False))
