@@ -8,13 +8,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-import asyncio  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+import asyncio
+import threading
+from collections.abc import Iterator
 
-import pytest  # noqa: E402
+import pytest
 
-from pipeline.fake_space import FakeSpace, FakeSpaceConfig, run_fake_space  # noqa: E402
+from pipeline.fake_space import FakeSpace, FakeSpaceConfig, run_fake_space
 
 
 class ThreadedFakeSpace:

@@ -100,7 +100,7 @@ def test_run_help_shows_an_example_and_exit_codes() -> None:
 
 
 def test_jsonl_in_jsonl_out_beside_the_input(tmp_path: Path, threaded_space) -> None:
-    source = write_jsonl(tmp_path / "job.jsonl", prompts(6) + [{"prompt": "no id here"}])
+    source = write_jsonl(tmp_path / "job.jsonl", [*prompts(6), {"prompt": "no id here"}])
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST)
     assert result.exit_code == 0, result.stderr
     out = tmp_path / "job.jsonl.completions.jsonl"
