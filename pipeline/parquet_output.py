@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.alloc import use_system_arrow_pool
+from pipeline.alloc import apply_arrow_pool_choice
 from pipeline.atomic import fsync_path
 from pipeline.batching import MERGE_BATCH_BYTES, parquet_row_bytes, rows_within, sized_batches
 from pipeline.digests import DigestSet, key_digest
@@ -78,7 +78,7 @@ class ParquetOutput:
         self.tmp_path = path + ".tmp"
         self.flush_rows = flush_rows
         self.batch_bytes = batch_bytes
-        use_system_arrow_pool()
+        apply_arrow_pool_choice()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp_path)  # an interrupted merge; its rows are still in the journal
         if os.path.exists(path):

@@ -15,7 +15,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.alloc import use_system_arrow_pool
+from pipeline.alloc import apply_arrow_pool_choice
 from pipeline.batching import READ_BATCH_BYTES, parquet_row_bytes, rows_within
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
@@ -40,7 +40,7 @@ def open_parquet(path: str, limit: int,
     when the rows are wide: as many as fit in :data:`~pipeline.batching.READ_BATCH_BYTES`
     by the file's footer.
     """
-    use_system_arrow_pool()
+    apply_arrow_pool_choice()
     if os.path.isdir(path):
         return _read_dataset(path, limit, batch_size)
     try:
@@ -206,7 +206,7 @@ def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
     string. Quoted values may span lines; a row's location is the line it starts on.
     A row with all cells empty is skipped like a blank line (it has no prompt).
     """
-    use_system_arrow_pool()
+    apply_arrow_pool_choice()
     reader, names = _open_csv(path, delimiter, infer_types)
     return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
 
