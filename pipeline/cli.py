@@ -16,7 +16,7 @@ import cloup
 from click.core import ParameterSource
 
 from . import __version__
-from .alloc import pin_mmap_threshold
+from .alloc import pin_mmap_threshold, prefer_system_arrow_pool
 from .app import (
     EXIT_ENDPOINT_DOWN,
     EXIT_FAILURE,
@@ -419,6 +419,7 @@ def _errors_path(input_path: str, output: str, errors: str | None) -> str:
 def _execute(options: RunOptions) -> int:
     # Process-wide, so here and not in app.run: a program calling the library keeps its own.
     pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
+    prefer_system_arrow_pool()  # applied on the first Parquet use (JSONL never loads Arrow)
     try:
         outcome = asyncio.run(run(options))
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler

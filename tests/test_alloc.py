@@ -85,6 +85,23 @@ def test_an_arrow_pool_chosen_in_the_environment_is_kept() -> None:
     assert out == "False True"
 
 
+def test_a_parquet_read_switches_the_pool_only_when_the_run_command_asked(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    code = f"""
+        import pyarrow as pa, pyarrow.parquet as pq
+        from pipeline import alloc
+        from pipeline.readers import read_records
+        pq.write_table(pa.table({{"prompt": ["a", "b"]}}), {str(path)!r})
+        before = pa.default_memory_pool().backend_name
+        list(read_records({str(path)!r}))
+        as_library = pa.default_memory_pool().backend_name == before
+        alloc.prefer_system_arrow_pool()
+        list(read_records({str(path)!r}))
+        print(before != "system", as_library, pa.default_memory_pool().backend_name)
+    """
+    assert run_child(code) == "True True system"
+
+
 def _one_row(tmp_path: Path) -> Path:
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "a", "prompt": "hello"}\n', encoding="utf-8")

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Rows to results: planning, concurrency, retries, endpoints, the stop switch.
     ("batch", ("runner", "limits", "endpoints", "jobs", "watchdog")),
     # Input and output files, their formats, locks and memory.
-    ("files", ("readers", "readers_arrow", "records", "errorlog", "lock", "jsonl", "writers",
+    ("files", ("atomic", "readers", "readers_arrow", "records", "errorlog", "lock", "jsonl", "writers",
                "parquet_output", "parquet_order", "parquet_types", "partitioned", "alloc",
                "columns", "provenance", "sort")),
     # What runs the planned rows through the batch core (a package: every submodule).
