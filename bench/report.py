@@ -592,6 +592,81 @@ def render_alternatives(size: str) -> str:
     return " ".join(out) + "\n"
 
 
+FIRST_RUN = "first_run"  # bench/results/first_run/: the first full run's files, kept as they were
+
+
+def own_pct(prof: dict[str, Any], prefix: str) -> str:
+    """The own-time share of the functions of ours named ``prefix...``, with their names."""
+    rows = [r for r in prof["ours"]["ours_own"] if r["function"].startswith(prefix)]
+    return " + ".join(f"`{r['function'].split(' (')[0]}` {r['pct']} %" for r in rows) or \
+        f"`{prefix}` under the table's cut"
+
+
+def callee_pct(prof: dict[str, Any], caller: str, prefix: str) -> str:
+    """The shares of ``caller``'s callees named ``prefix...``, with their names."""
+    rows = [c for r in prof["ours"]["ours_own"] if r["function"].startswith(caller)
+            for c in r.get("callees", []) if c["function"].startswith(prefix)]
+    return " + ".join(f"`{c['function'].split(' (')[0]}` {c['pct']} %" for c in rows) or \
+        f"no `{prefix}` among its listed callees"
+
+
+def probe_mb(mem: dict[str, Any], stage: str) -> str:
+    n = max(p["n"] for p in mem["probes"])
+    hit = [p for p in mem["probes"] if p["stage"] == stage and p["n"] == n and not p.get("patched")]
+    return f(hit[0]["maxrss_mb"], ".0f") if hit else "–"
+
+
+def loop_turns(wait: dict[str, float]) -> str:
+    """``asyncio.wait`` against ``queue.get`` per window, from the micro-benchmark's keys."""
+    by_window: dict[str, dict[str, float]] = {}
+    for key, value in wait.items():
+        match = re.fullmatch(r"(\S+).*, window (\d+)", key)
+        if match:
+            by_window.setdefault(match.group(2), {})[match.group(1)] = value
+    return ", ".join(f"`asyncio.wait` {f(w.get('asyncio.wait'), '.1f')} µs against `queue.get` "
+                     f"{f(w.get('queue.get'), '.1f')} µs at window {window}"
+                     for window, w in by_window.items())
+
+
+def render_changes(size: str) -> str:
+    """The ``changes`` block: the first run's files against the current ones, change by change."""
+    names = ("full_startup", "profile_c512", "profile_zero", "full_memory")
+    first = {name: load_file(f"{FIRST_RUN}/{name}.json") for name in names}
+    current = {"full_startup": load(size, "startup"), "profile_c512": load_file("profile_c512.json"),
+               "profile_zero": load_file("profile_zero.json"), "full_memory": load(size, "memory")}
+    micro = load_file("micro_hot_path.json")
+    old = {k: v for k, v in first.items() if v}
+    now = {k: v for k, v in current.items() if v}
+    if len(old) < len(names) or len(now) < len(names) or not micro:
+        return missing(f"{FIRST_RUN}/*.json", "the current startup, memory, profile files")
+    meta = old["full_startup"]["meta"]
+    before, after = old["full_startup"]["ours"], now["full_startup"]["ours"]
+    stream = micro["stream_200"]
+    read_stream = "GradioQueueClient._read_stream"
+    out = [f"Before → now, from the first run's files (`bench/results/{FIRST_RUN}/`, started "
+           f"{meta.get('started')}, load average {meta.get('loadavg_start')}) and the current "
+           "ones; profile shares are % of py-spy samples:", "",
+           f"- start-up of ours: {f(before['wall_s'])} s wall, {f(before['cpu_s'])} s CPU, "
+           f"{f(before['maxrss_mb'], '.0f')} MB → {f(after['wall_s'])} s, {f(after['cpu_s'])} s, "
+           f"{f(after['maxrss_mb'], '.0f')} MB;",
+           f"- stream handling per prompt (micro-benchmark, current file, ~200-character "
+           f"prompts): following the text {f(stream['ours'], '.1f')} µs, the batch path "
+           f"{f(stream['ours+tracker'], '.1f')} µs;",
+           f"- timeouts in `_read_stream` at concurrency 512: "
+           f"{callee_pct(old['profile_c512'], read_stream, 'Timeout.')} → "
+           f"{callee_pct(now['profile_c512'], read_stream, 'Timeout.')};",
+           f"- `run_batch` at concurrency 512: {own_pct(old['profile_c512'], 'run_batch ')} → "
+           f"{own_pct(now['profile_c512'], 'run_batch ')}; its loop turn (micro-benchmark, "
+           f"current file): {loop_turns(micro['wait'])};",
+           f"- the SSE decoder at zero latency: {own_pct(old['profile_zero'], 'SSEDecoder')} → "
+           f"{own_pct(now['profile_zero'], 'SSEDecoder')};",
+           f"- `mem_probe` at the largest input, ru_maxrss: the `read` stage "
+           f"{probe_mb(old['full_memory'], 'read')} → {probe_mb(now['full_memory'], 'read')} MB, "
+           f"the `done` stage {probe_mb(old['full_memory'], 'done')} → "
+           f"{probe_mb(now['full_memory'], 'done')} MB."]
+    return "\n".join(out) + "\n"
+
+
 # ------------------------------------------------------------------------------ docs/ray.md
 RAY_RESULTS = "ray_vs_local.json"
 NO_COMMIT = "(the file records no commit: it may predate the latest changes to either engine)"
@@ -672,7 +747,7 @@ def render_ray_costs(size: str) -> str:
 # --------------------------------------------------------------------------------- the docs
 Renderer = Callable[[str], str]
 DOCS: dict[Path, dict[str, Renderer]] = {
-    DOC: {"summary": render_summary, "zero_gap": render_zero_gap,
+    DOC: {"summary": render_summary, "changes": render_changes, "zero_gap": render_zero_gap,
           "memory_left": render_memory_left, "alternatives": render_alternatives,
           "results": render_results},
     RAY_DOC: {"ray_vs_local": render_ray_vs_local, "ray_costs": render_ray_costs},
