@@ -610,6 +610,19 @@ def callee_pct(prof: dict[str, Any], caller: str, prefix: str) -> str:
         f"no `{prefix}` among its listed callees"
 
 
+def shares(prof: dict[str, Any], caller: str | None, prefix: str) -> float:
+    """The summed share behind :func:`own_pct` (``caller`` None) or :func:`callee_pct`."""
+    if caller is None:
+        return float(sum(r["pct"] for r in prof["ours"]["ours_own"]
+                         if r["function"].startswith(prefix)))
+    return float(sum(c["pct"] for r in prof["ours"]["ours_own"] if r["function"].startswith(caller)
+               for c in r.get("callees", []) if c["function"].startswith(prefix)))
+
+
+def trend(before: float, after: float) -> str:
+    return "lower now" if after < before else "**higher now**" if after > before else "unchanged"
+
+
 def probe_mb(mem: dict[str, Any], stage: str) -> str:
     n = max(p["n"] for p in mem["probes"])
     hit = [p for p in mem["probes"] if p["stage"] == stage and p["n"] == n and not p.get("patched")]
@@ -643,6 +656,10 @@ def render_changes(size: str) -> str:
     before, after = old["full_startup"]["ours"], now["full_startup"]["ours"]
     stream = micro["stream_200"]
     read_stream = "GradioQueueClient._read_stream"
+
+    def moved(profile: str, caller: str | None, prefix: str) -> str:
+        return trend(shares(old[profile], caller, prefix), shares(now[profile], caller, prefix))
+
     out = [f"Before → now, from the first run's files (`bench/results/{FIRST_RUN}/`, started "
            f"{meta.get('started')}, load average {meta.get('loadavg_start')}) and the current "
            "ones; profile shares are % of py-spy samples:", "",
@@ -654,12 +671,16 @@ def render_changes(size: str) -> str:
            f"{f(stream['ours+tracker'], '.1f')} µs;",
            f"- timeouts in `_read_stream` at concurrency 512: "
            f"{callee_pct(old['profile_c512'], read_stream, 'Timeout.')} → "
-           f"{callee_pct(now['profile_c512'], read_stream, 'Timeout.')};",
+           f"{callee_pct(now['profile_c512'], read_stream, 'Timeout.')} "
+           f"({moved('profile_c512', read_stream, 'Timeout.')});",
            f"- `run_batch` at concurrency 512: {own_pct(old['profile_c512'], 'run_batch ')} → "
-           f"{own_pct(now['profile_c512'], 'run_batch ')}; its loop turn (micro-benchmark, "
+           f"{own_pct(now['profile_c512'], 'run_batch ')} "
+           f"({moved('profile_c512', None, 'run_batch ')}); "
+           f"its loop turn (micro-benchmark, "
            f"current file): {loop_turns(micro['wait'])};",
            f"- the SSE decoder at zero latency: {own_pct(old['profile_zero'], 'SSEDecoder')} → "
-           f"{own_pct(now['profile_zero'], 'SSEDecoder')};",
+           f"{own_pct(now['profile_zero'], 'SSEDecoder')} "
+           f"({moved('profile_zero', None, 'SSEDecoder')});",
            f"- `mem_probe` at the largest input, ru_maxrss: the `read` stage "
            f"{probe_mb(old['full_memory'], 'read')} → {probe_mb(now['full_memory'], 'read')} MB, "
            f"the `done` stage {probe_mb(old['full_memory'], 'done')} → "
