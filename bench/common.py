@@ -324,10 +324,13 @@ def vm_status_mb(pid: int, field: str) -> float:
 
 # --------------------------------------------------------------------------- the two clients
 def ours_cmd(input_path: Path, output: Path, url: str, concurrency: int,
-             summary: Path | None = None, extra: Sequence[str] = ()) -> list[str]:
-    """``qwen-batch run`` as a user would run it in a batch job (fixed concurrency)."""
+             summary: Path | None = None, extra: Sequence[str] = (), *,
+             adaptive: bool = False) -> list[str]:
+    """``qwen-batch run`` as a user would run it in a batch job (fixed concurrency, unless
+    ``adaptive``: the default path, the limit following the Space's queue)."""
     cmd = [python_exe(), "-m", "pipeline", "run", str(input_path), "-o", str(output),
-           "--url", url, "--concurrency", str(concurrency), "--fixed-concurrency",
+           "--url", url, "--concurrency", str(concurrency),
+           *(() if adaptive else ("--fixed-concurrency",)),
            "--no-progress", "--overwrite", "--timeout", "120", "--read-timeout", "60"]
     if summary is not None:
         cmd += ["--summary", str(summary)]
@@ -351,11 +354,13 @@ class ClientRun:
     rows_out: int
     errors: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """What ``run_client(verify=...)`` found wrong in the output (empty: all right)."""
 
     @property
     def ok(self) -> bool:
         return (self.proc.returncode == 0 and not self.proc.timed_out
-                and self.rows_out == self.n and self.errors == 0)
+                and self.rows_out == self.n and self.errors == 0 and not self.problems)
 
     @property
     def throughput(self) -> float:
@@ -369,13 +374,19 @@ class ClientRun:
         return {"client": self.client, "n": self.n, "concurrency": self.concurrency,
                 "rows_out": self.rows_out, "errors": self.errors, "ok": self.ok,
                 "throughput": self.throughput, "cpu_ms_per_prompt": self.cpu_ms_per_prompt,
+                **({"problems": self.problems} if self.problems else {}),
                 **self.proc.to_dict(), **self.extra}
 
 
 def run_client(client: str, input_path: Path, n: int, url: str, concurrency: int, *,
                workdir: Path, timeout: float, server: FakeSpaceProc | None = None,
-               output_suffix: str = ".jsonl") -> ClientRun:
-    """Run ``ours`` or ``reference`` once over ``input_path`` and check its output."""
+               output_suffix: str = ".jsonl", adaptive: bool = False,
+               verify: Callable[[Path], list[str]] | None = None) -> ClientRun:
+    """Run ``ours`` or ``reference`` once over ``input_path`` and check its output.
+
+    ``verify(output)`` (if given) reads the output before it is deleted and returns what
+    is wrong with it; anything makes the run not ``ok``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"{client}.out{output_suffix}"
     errors_file = workdir / f"{client}.out.errors.jsonl"
@@ -383,7 +394,7 @@ def run_client(client: str, input_path: Path, n: int, url: str, concurrency: int
     for stale in (out, errors_file, summary):
         stale.unlink(missing_ok=True)
     if client == "ours":
-        cmd = ours_cmd(input_path, out, url, concurrency, summary)
+        cmd = ours_cmd(input_path, out, url, concurrency, summary, adaptive=adaptive)
     elif client == "reference":
         cmd = reference_cmd(input_path, out, url, concurrency)
     else:
@@ -400,9 +411,10 @@ def run_client(client: str, input_path: Path, n: int, url: str, concurrency: int
             errors = max(errors, int(data.get("failed") or 0))
     if client == "reference":
         errors = max(0, n - rows) if proc.returncode != 0 else 0
+    problems = verify(out) if verify is not None else []
     for f in (out, errors_file, summary):
         f.unlink(missing_ok=True)
-    return ClientRun(client, n, concurrency, proc, rows, errors, extra)
+    return ClientRun(client, n, concurrency, proc, rows, errors, extra, problems)
 
 
 # ------------------------------------------------------------------------------- reporting

@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}",
             "python": platform.python_version(), "latency_s": args.latency,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    if git.returncode == 0:  # docs/ray.md names the code the figures are for
+        meta["commit"] = git.stdout.strip()
     try:
         import ray
 

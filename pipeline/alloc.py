@@ -9,8 +9,11 @@ Two process-wide knobs, each applied at most once and never raising:
   ``run`` command before the run starts (:mod:`pipeline.cli`), never at import time nor
   by :func:`pipeline.app.run`: a program that uses the library keeps its allocator.
 * :func:`use_system_arrow_pool`: Arrow's bundled mimalloc keeps freed pages resident;
-  the system allocator (with the pinned threshold) returns them. Called by the Parquet
-  paths, the only ones that import pyarrow.
+  the system allocator (with the pinned threshold) returns them. The ``run`` command
+  asks for it (:func:`prefer_system_arrow_pool`, which imports nothing) and the Parquet
+  paths, the only ones that import pyarrow, apply that choice
+  (:func:`apply_arrow_pool_choice`): a JSONL run never loads pyarrow, and a program that
+  uses the library keeps Arrow's pool as it set it.
 
 An explicit choice in the environment (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``,
 ``ARROW_DEFAULT_MEMORY_POOL``) is left alone.
@@ -60,6 +63,20 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     log.debug("glibc mmap threshold pinned at %d bytes: %s", threshold, pinned)
     return pinned
+
+
+_system_arrow_pool_wanted = False
+
+
+def prefer_system_arrow_pool() -> None:
+    """Ask for Arrow's system pool from the first Parquet use on (the ``run`` command does)."""
+    global _system_arrow_pool_wanted
+    _system_arrow_pool_wanted = True
+
+
+def apply_arrow_pool_choice() -> bool:
+    """On a Parquet path: switch Arrow's pool if :func:`prefer_system_arrow_pool` asked."""
+    return _system_arrow_pool_wanted and use_system_arrow_pool()
 
 
 @functools.cache

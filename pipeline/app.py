@@ -16,8 +16,8 @@ import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
-from .client import DEFAULT_URL, Timeouts
 from .columns import Records, close_records, open_checked_input, output_types
+from .endpoints import MAX_COOLDOWN
 from .engines import Engine, EngineOptions, open_engine
 from .errorlog import compact_errors
 from .errors import EndpointDownError, InputError, OutputError
@@ -31,9 +31,9 @@ from .provenance import note_path, verify_input
 from .readers import count_rows, detect_format, read_records
 from .records import failure_record, success_record
 from .redaction import Redact, redacted_logs, run_redactor
-from .retry import RetryPolicy
 from .rowspec import RowSpec
-from .runner import BatchSettings, BatchState
+from .runner import BatchState
+from .settings import MAX_RECORD_BYTES, BatchSettings, ClientSettings, EngineSettings
 from .summary import RunSummary
 from .watchdog import Watchdog
 from .writers import check_output, open_output
@@ -52,29 +52,26 @@ WATCHDOG_FACTOR = 3.0
 may chain a backoff (or a server's Retry-After), a rate wait and a probe cooldown, and an
 attempt is one wait of its own."""
 WATCHDOG_GRACE = 60.0
-_PROBE_COOLDOWN_CAP = 60.0  # EndpointPool's longest wait before it probes a benched endpoint
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Everything a run needs, already validated by the command line layer."""
+    """Everything a run needs, already validated by the command line layer.
+
+    The endpoint, batch and engine settings are their own objects (:mod:`.settings`, where
+    their defaults live), handed as they are to the engine and the batch core; the rest
+    is what the driver itself reads: files, formats, resume and the progress bar.
+    """
 
     input: str
     output: str
     errors: str
+    client: ClientSettings = field(default_factory=ClientSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     input_format: str | None = None
     output_format: str | None = None
     spec: RowSpec = field(default_factory=RowSpec)
-    urls: tuple[str, ...] = (DEFAULT_URL,)
-    model: str = "qwen-qwen2-72b-instruct"
-    concurrency: int = 4
-    max_attempts: int = 4
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    rate: float | None = None
-    limit: int | None = None
-    samples: int = 1
-    proxy: str | None = None
-    hf_token: str | None = None
     overwrite: bool = False
     resume_any: bool = False
     """Resume even when the input is not the one the output was made from (see .provenance)."""
@@ -84,30 +81,12 @@ class RunOptions:
     """Write ``output`` as a directory of parts of at most this many records each."""
     progress: bool = True
     summary_path: str | None = None
-    max_consecutive_failures: int = 20
-    max_record_bytes: int = 1_000_000
+    max_record_bytes: int = MAX_RECORD_BYTES
     csv_infer_types: bool = False
     """CSV/TSV input: let pyarrow infer column types instead of reading text."""
-    retry_base_delay: float = 1.0
-    retry_max_delay: float = 60.0
-    adaptive: bool = True
-    min_chars: int = 1
-    deadline: float | None = None
-    grace: float = 60.0
-    max_outage: float = 600.0
-    connect_grace: float = 60.0
-    """Seconds to keep trying endpoints that were never reached before stopping (exit 4)."""
-    ca_bundle: str | None = None
-    """A PEM file of the certificates to trust instead of the system's."""
-    max_response_chars: int | None = None
-    engine: str = "local"
-    """``local`` (this process) or ``ray`` (a Ray Data pipeline; see pipeline.engines)."""
-    ray_address: str | None = None
-    actors: int = 2
-    per_actor_concurrency: int | None = None
     watchdog: float | None = None
-    """Seconds in which no row moves before the run is stopped (exit 4); None: see
-    :func:`watchdog_window`."""
+    """internal: seconds in which no row moves before the run is stopped (exit 4); None:
+    see :func:`watchdog_window`."""
 
 
 @dataclass
@@ -120,23 +99,17 @@ def watchdog_window(options: RunOptions) -> float:
     """Seconds without any progress after which a run is stuck, not waiting for something."""
     if options.watchdog is not None:
         return options.watchdog
-    t = options.timeouts
-    waits = [t.total, t.read, t.idle, t.request, t.connect, options.retry_max_delay,
-             RetryPolicy().max_hint, _PROBE_COOLDOWN_CAP]
-    if options.rate:
-        waits.append(1.0 / options.rate)
+    t, batch = options.client.timeouts, options.batch
+    waits = [t.total, t.read, t.idle, t.request, t.connect, batch.policy.max_delay,
+             batch.policy.max_hint, MAX_COOLDOWN]
+    if batch.rate:
+        waits.append(1.0 / batch.rate)
     return WATCHDOG_FACTOR * max(waits)
 
 
 def engine_options(options: RunOptions) -> EngineOptions:
     """The part of the run's options that its engine reads."""
-    return EngineOptions(
-        engine=options.engine, urls=options.urls, timeouts=options.timeouts,
-        proxy=options.proxy, hf_token=options.hf_token, ca_bundle=options.ca_bundle,
-        max_response_chars=options.max_response_chars, output=options.output,
-        concurrency=options.concurrency, actors=options.actors,
-        per_actor_concurrency=options.per_actor_concurrency, ray_address=options.ray_address,
-    )
+    return EngineOptions(engine=options.engine, client=options.client, output=options.output)
 
 
 def _remove_outputs(options: RunOptions) -> None:
@@ -175,7 +148,7 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                 options.input, fmt, max_record_bytes=options.max_record_bytes,
                 infer_csv_types=options.csv_infer_types)
             verify_input(options.output, options.input, fmt, source, options.spec, done,
-                         samples=options.samples, check=resuming and not options.resume_any)
+                         samples=options.batch.samples, check=resuming and not options.resume_any)
         # Only the rows failed in an earlier run need their success noted in ``done``
         # (to drop their error record at the end); adding every success would cost a key
         # per row of the whole run.
@@ -183,24 +156,9 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
         compact_errors(options.errors, done, remaining=failed_before)
         errors_sink = JsonlAppender(options.errors)
         counters = PlanCounters()
-        rows = plan_rows(records, options.spec, done=done, samples=options.samples,
-                         limit=options.limit, counters=counters)
-        settings = BatchSettings(
-            concurrency=options.concurrency,
-            policy=RetryPolicy(max_attempts=options.max_attempts,
-                               base_delay=options.retry_base_delay,
-                               max_delay=options.retry_max_delay),
-            samples=options.samples,
-            rate=options.rate,
-            model=options.model,
-            max_consecutive_failures=options.max_consecutive_failures,
-            adaptive=options.adaptive,
-            min_chars=options.min_chars,
-            deadline=options.deadline,
-            grace=options.grace,
-            max_outage=options.max_outage,
-            connect_grace=options.connect_grace,
-        )
+        rows = plan_rows(records, options.spec, done=done, samples=options.batch.samples,
+                         limit=options.batch.limit, counters=counters)
+        settings = options.batch
         state = BatchState()
         # The bar's total is the jobs the plan will send: from a row count before the run
         # (only when the bar shows), corrected by the plan as it reads (PlanCounters).
@@ -208,8 +166,8 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
         done_keys = len(done)
 
         def total() -> int | None:
-            return counters.expected_jobs(input_rows, samples=options.samples,
-                                          done_keys=done_keys, limit=options.limit)
+            return counters.expected_jobs(input_rows, samples=options.batch.samples,
+                                          done_keys=done_keys, limit=options.batch.limit)
 
         progress = Progress(options.progress, state, total)
         window = watchdog_window(options)
@@ -283,7 +241,7 @@ async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSumma
     """
     if summary.interrupted or summary.stalled or summary.endpoint_down:
         return
-    samples = options.samples
+    samples = options.batch.samples
     rows = jobs = 0
     if not counters.exhausted:
         loop = asyncio.get_running_loop()
@@ -341,11 +299,11 @@ def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]
 async def run(options: RunOptions, *, engine: Engine | None = None) -> RunOutcome:
     """Run one batch job; the exit code says how it ended (see the README's table).
 
-    ``engine`` runs the planned rows instead of the engine ``options.engine`` names
+    ``engine`` runs the planned rows instead of the engine ``options.engine.kind`` names
     (see :mod:`pipeline.engines`); tests pass a double of the Ray engine this way.
     """
     summary = RunSummary(output=options.output, errors_file=options.errors,
-                         samples=options.samples)
+                         samples=options.batch.samples)
     stop = asyncio.Event()
     started = time.monotonic()
     fmt = detect_format(options.input, options.input_format)
@@ -355,7 +313,7 @@ async def run(options: RunOptions, *, engine: Engine | None = None) -> RunOutcom
                                        require_id=options.require_id,
                                        max_record_bytes=options.max_record_bytes,
                                        infer_csv_types=options.csv_infer_types)
-    redact = run_redactor(options.urls, options.proxy, options.hf_token)
+    redact = run_redactor(options.client.urls, options.client.proxy, options.client.hf_token)
     lock = OutputLock(options.output)  # removed again on every way out of the try below
     try:
         lock.acquire()  # LockedError propagates: another run owns this output

@@ -37,6 +37,8 @@ class CheckReport:
     answer: str | None = None
     queue_full: int = 0
     error: str | None = None
+    remedy: str | None = None
+    """What to do about ``error``: its class's remedy, as the errors file gives it."""
     lines: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -57,6 +59,8 @@ class CheckReport:
                        f"{self.ttft_ms or 0:.0f} ms): {self.answer!r}")
         if self.error:
             out.append(f"  error       {self.error}")
+        if self.remedy:
+            out.append(f"  fix         {self.remedy}")
         return "\n".join(out)
 
 
@@ -79,6 +83,7 @@ async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = No
             report.ok = True
         except RequestError as exc:
             report.error = f"{exc.error_type}: {exc}"
+            report.remedy = exc.remedy
     return report
 
 

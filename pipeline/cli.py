@@ -16,7 +16,7 @@ import cloup
 from click.core import ParameterSource
 
 from . import __version__
-from .alloc import pin_mmap_threshold
+from .alloc import pin_mmap_threshold, prefer_system_arrow_pool
 from .app import (
     EXIT_ENDPOINT_DOWN,
     EXIT_FAILURE,
@@ -26,9 +26,10 @@ from .app import (
     RunOutcome,
     run,
 )
-from .client import DEFAULT_URL, Timeouts
 from .config import env_name, load_config
 from .durations import seconds_until
+from .endpoints import MAX_COOLDOWN
+from .engines import ENGINES
 from .errors import (
     ConfigError,
     InputFileError,
@@ -42,6 +43,14 @@ from .proxies import check_proxy, proxy_for
 from .readers import FORMAT_CHOICES
 from .rowspec import RowSpec
 from .sessions import tls_context
+from .settings import (
+    BatchSettings,
+    ClientSettings,
+    EngineSettings,
+    RetryPolicy,
+    Timeouts,
+    default_of,
+)
 from .writers import default_errors_path, default_output_path, legacy_output_path
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -71,6 +80,11 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _d(cls: type, name: str) -> Any:
+    """An option's default: the settings field's own (see :mod:`.settings`), never a copy."""
+    return default_of(cls, name)
 
 
 def opt(*decls: str, **kwargs: Any) -> Callable[[_F], _F]:
@@ -112,7 +126,8 @@ def _endpoint_proxies(urls: tuple[str, ...], proxy: str | None) -> None:
 def endpoint_options(url_help: str) -> Callable[[_F], _F]:
     """``--url`` (repeatable), ``--proxy``, ``--ca-bundle`` and ``--hf-token``: how every command reaches the Space."""
     options = [
-        opt("--url", "urls", multiple=True, default=[DEFAULT_URL], show_default=True, help=url_help),
+        opt("--url", "urls", multiple=True, default=list(_d(ClientSettings, "urls")),
+            show_default=True, help=url_help),
         opt("--proxy", callback=_check_proxy,
             help="HTTP(S) proxy URL, http://[user:password@]host:port; wins over HTTP_PROXY/"
             "HTTPS_PROXY/NO_PROXY (honoured otherwise). Credentials are never logged."),
@@ -173,22 +188,24 @@ def main(verbose: int) -> None:
         help="Override the suffix (.gz/.zst are still decompressed)."),
     opt("--csv-infer-types", is_flag=True, help="CSV/TSV input: let pyarrow type the columns "
         "(numbers, booleans, timestamps) instead of reading every cell as text."),
-    opt("--max-record-bytes", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+    opt("--max-record-bytes", type=click.IntRange(min=1), default=_d(RunOptions, "max_record_bytes"),
+        show_default=True,
         help="Largest accepted input line/row."),
 )
 @cloup.option_group(
     "Prompt building",
-    opt("--prompt-field", default="prompt", show_default=True,
+    opt("--prompt-field", default=_d(RowSpec, "prompt_field"), show_default=True,
         help="Column holding the prompt text."),
-    opt("--id-field", default="id", show_default=True,
+    opt("--id-field", default=_d(RowSpec, "id_field"), show_default=True,
         help="Unique row id (rows without one get an id from their content)."),
-    opt("--system-field", default="system", show_default=True,
+    opt("--system-field", default=_d(RowSpec, "system_field"), show_default=True,
         help="Column holding a row's own system prompt, if any."),
-    opt("--messages-field", default="messages", show_default=True,
+    opt("--messages-field", default=_d(RowSpec, "messages_field"), show_default=True,
         help="A chat list of {role, content}, folded into one prompt."),
     opt("--template", help='Build the prompt from columns, e.g. "Summarise: {text}".'),
     opt("--system", "default_system", help="System prompt for rows without one."),
-    opt("--samples", type=click.IntRange(1, 10_000), default=1, show_default=True,
+    opt("--samples", type=click.IntRange(1, 10_000), default=_d(BatchSettings, "samples"),
+        show_default=True,
         help="Completions per prompt (records get a `sample` field)."),
 )
 @cloup.option_group(
@@ -207,42 +224,59 @@ def main(verbose: int) -> None:
 @cloup.option_group(
     "Endpoint",
     endpoint_options("The Space, or a copy of it; repeat for several endpoints sharing the work."),
-    opt("--model", default=Qwen_Qwen_2_72B.default_model, show_default=True,
+    opt("--model", default=_d(BatchSettings, "model"), show_default=True,
         help="Model to ask for: " + ", ".join(Qwen_Qwen_2_72B.models) + "."),
 )
 @cloup.option_group(
     "Retries and timeouts",
-    opt("--max-attempts", type=click.IntRange(1, 100), default=4, show_default=True,
+    opt("--max-attempts", type=click.IntRange(1, 100), default=_d(RetryPolicy, "max_attempts"),
+        show_default=True,
         help="Attempts per row, the first included."),
-    opt("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+    opt("--retry-delay", type=click.FloatRange(min=0), default=_d(RetryPolicy, "base_delay"),
+        show_default=True,
         help="Base of the exponential backoff between attempts, in seconds."),
-    opt("--retry-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
+    opt("--retry-max-delay", type=click.FloatRange(min=0), default=_d(RetryPolicy, "max_delay"),
+        show_default=True,
         help="Cap of one backoff wait (a server's Retry-After is honoured up to 300 s)."),
-    opt("--min-chars", type=click.IntRange(min=1), default=1, show_default=True,
+    opt("--min-chars", type=click.IntRange(min=1), default=_d(BatchSettings, "min_chars"),
+        show_default=True,
         help="Shorter answers are incomplete and retried (empty ones always are)."),
     opt("--max-response-chars", type=click.IntRange(min=1),
         help="Fail a row whose answer grows past this many characters."),
-    opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=900.0, show_default=True,
-        help="Seconds per attempt, queue wait included."),
-    opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+    opt("--timeout", type=click.FloatRange(min=0, min_open=True), default=_d(Timeouts, "total"),
+        show_default=True, help="Seconds per attempt, queue wait included."),
+    opt("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=_d(Timeouts, "idle"),
         show_default=True, help="Seconds without new text once generation started."),
-    opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+    opt("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=_d(Timeouts, "read"),
         show_default=True, help="Seconds without any byte, from sending a request and then "
         "between reads (heartbeats come every 15 s)."),
-    opt("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
+    opt("--request-timeout", type=click.FloatRange(min=0, min_open=True),
+        default=_d(Timeouts, "request"),
         show_default=True, help="Seconds for /config and the queue join to be answered, and for "
         "the answer stream (or an error page) to start, from sending; capped by --read-timeout."),
-    opt("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+    opt("--connect-timeout", type=click.FloatRange(min=0, min_open=True),
+        default=_d(Timeouts, "connect"),
         show_default=True, help="Seconds to open a connection (TCP and TLS)."),
-    opt("--max-outage", type=click.FloatRange(min=0), default=600.0, show_default=True,
+    opt("--max-outage", type=click.FloatRange(min=0), default=_d(BatchSettings, "max_outage"),
+        show_default=True,
         help="Seconds to wait for a failing or sleeping endpoint before stopping with exit 4."),
-    opt("--connect-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+    opt("--connect-grace", type=click.FloatRange(min=0), default=_d(BatchSettings, "connect_grace"),
+        show_default=True,
         help="Seconds to keep trying when no endpoint has been reached yet (refused, DNS, TLS, "
         "401/403/407, proxy down) before stopping with exit 4; no row is failed meanwhile."),
+    opt("--failure-threshold", type=click.IntRange(min=1),
+        default=_d(BatchSettings, "failure_threshold"), show_default=True,
+        help="Failures in a row that bench an endpoint (its circuit opens) until a probe "
+        "succeeds; the others take its share meanwhile."),
+    opt("--probe-cooldown", type=click.FloatRange(min=0, min_open=True),
+        default=_d(BatchSettings, "probe_cooldown"), show_default=True,
+        help=f"Seconds a benched endpoint rests before one probe request; doubled after each "
+        f"failed probe, up to {MAX_COOLDOWN:g} s."),
 )
 @cloup.option_group(
     "Pacing",
-    opt("--concurrency", type=click.IntRange(1, 1024), default=4, show_default=True,
+    opt("--concurrency", type=click.IntRange(1, 1024), default=_d(BatchSettings, "concurrency"),
+        show_default=True,
         help="Most requests in flight at once (be polite to a free Space); the run adapts "
         "below it when the Space's queue pushes back."),
     opt("--fixed-concurrency", is_flag=True, help="Keep --concurrency fixed instead of adapting."),
@@ -254,9 +288,11 @@ def main(verbose: int) -> None:
     opt("--limit", type=click.IntRange(min=0), help="Do at most N rows this run."),
     opt("--deadline", help="Stop starting requests after this long (55m, 1h30m) or at this "
         "clock time (06:30); unfinished rows are left for the next run."),
-    opt("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+    opt("--grace", type=click.FloatRange(min=0), default=_d(BatchSettings, "grace"),
+        show_default=True,
         help="Seconds requests in flight may take after the deadline."),
-    opt("--max-consecutive-failures", type=click.IntRange(min=1), default=20, show_default=True,
+    opt("--max-consecutive-failures", type=click.IntRange(min=1),
+        default=_d(BatchSettings, "max_consecutive_failures"), show_default=True,
         help="Stop with exit 4 after this many rows fail in a row."),
     opt("--overwrite", is_flag=True, help="Start fresh instead of resuming."),
     opt("--resume-any", is_flag=True, help="Resume even if OUTPUT was made from another input "
@@ -267,12 +303,14 @@ def main(verbose: int) -> None:
 )
 @cloup.option_group(
     "Engine",
-    opt("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    opt("--engine", type=click.Choice(list(ENGINES)), default=_d(EngineSettings, "kind"),
+        show_default=True,
         help="Where requests run: this process, or Ray Data actors (pip install "
         "'qwen-batch[ray]'); output, resume and exit codes are the same."),
     opt("--address", "ray_address", help="Ray: the cluster to join ('auto': the one running "
         "here).  [default: start a private local Ray for the run]"),
-    opt("--actors", type=click.IntRange(1, 1024), default=2, show_default=True,
+    opt("--actors", type=click.IntRange(1, 1024), default=_d(EngineSettings, "actors"),
+        show_default=True,
         help="Ray: actors, each with one pooled session and its own in-flight limit."),
     opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
         help="Ray: requests in flight per actor.  [default: --concurrency / --actors]"),
@@ -291,8 +329,17 @@ def run_command(input_path: str, **o: Any) -> None:
     Exit codes: 0 all rows done, 3 some rows failed, 2 usage/config/input file,
     4 endpoint unreachable or failing, 130 interrupted, 1 anything else.
     """
+    sys.exit(_execute(run_options(input_path, o)))
+
+
+def run_options(input_path: str, o: dict[str, Any]) -> RunOptions:
+    """The run's options and settings from ``run``'s parsed parameters (in a Click context).
+
+    Usage errors (exit 2) are raised here; every default comes from the settings
+    classes through the options' own defaults (``_d``).
+    """
     try:
-        Qwen_Qwen_2_72B.get_model(o["model"])
+        model = Qwen_Qwen_2_72B.get_model(o["model"])
         spec = RowSpec(prompt_field=o["prompt_field"], id_field=o["id_field"],
                        system_field=o["system_field"], messages_field=o["messages_field"],
                        template=o["template"], default_system=o["default_system"],
@@ -318,25 +365,33 @@ def run_command(input_path: str, **o: Any) -> None:
     output = o["output"] or default_output_path(input_path)
     if o["rows_per_file"] is not None and output != "-":
         output = output.rstrip("/") or output  # the lock and errors file go beside it
-    options = RunOptions(
+    client = ClientSettings(
+        urls=tuple(dict.fromkeys(o["urls"])), proxy=o["proxy"], hf_token=o["hf_token"],
+        ca_bundle=o["ca_bundle"], max_response_chars=o["max_response_chars"],
+        timeouts=Timeouts(connect=o["connect_timeout"], read=o["read_timeout"],
+                          idle=o["idle_timeout"], total=o["timeout"],
+                          request=o["request_timeout"]))
+    batch = BatchSettings(
+        concurrency=o["concurrency"], adaptive=not o["fixed_concurrency"], rate=o["rate"],
+        policy=RetryPolicy(max_attempts=o["max_attempts"], base_delay=o["retry_delay"],
+                           max_delay=o["retry_max_delay"]),
+        samples=o["samples"], limit=o["limit"], model=model, min_chars=o["min_chars"],
+        deadline=deadline, grace=o["grace"],
+        max_consecutive_failures=o["max_consecutive_failures"],
+        failure_threshold=o["failure_threshold"], probe_cooldown=o["probe_cooldown"],
+        max_outage=o["max_outage"], connect_grace=o["connect_grace"])
+    engine = EngineSettings(kind=o["engine"], address=o["ray_address"], actors=o["actors"],
+                            per_actor_concurrency=o["per_actor_concurrency"])
+    return RunOptions(
         input=input_path,
         output=output,
         errors=_errors_path(input_path, output, o["errors_path"]),
+        client=client,
+        batch=batch,
+        engine=engine,
         input_format=o["input_format"],
         output_format=o["output_format"],
         spec=spec,
-        urls=tuple(dict.fromkeys(o["urls"])),
-        model=Qwen_Qwen_2_72B.get_model(o["model"]),
-        concurrency=o["concurrency"],
-        max_attempts=o["max_attempts"],
-        timeouts=Timeouts(connect=o["connect_timeout"], read=o["read_timeout"],
-                          idle=o["idle_timeout"], total=o["timeout"],
-                          request=o["request_timeout"]),
-        rate=o["rate"],
-        limit=o["limit"],
-        samples=o["samples"],
-        proxy=o["proxy"],
-        hf_token=o["hf_token"],
         overwrite=o["overwrite"],
         resume_any=o["resume_any"],
         require_id=click.get_current_context().get_parameter_source("id_field")
@@ -344,25 +399,9 @@ def run_command(input_path: str, **o: Any) -> None:
         rows_per_file=o["rows_per_file"],
         progress=not o["no_progress"] and sys.stderr.isatty(),
         summary_path=o["summary_path"],
-        max_consecutive_failures=o["max_consecutive_failures"],
         max_record_bytes=o["max_record_bytes"],
         csv_infer_types=o["csv_infer_types"],
-        retry_base_delay=o["retry_delay"],
-        retry_max_delay=o["retry_max_delay"],
-        adaptive=not o["fixed_concurrency"],
-        min_chars=o["min_chars"],
-        deadline=deadline,
-        grace=o["grace"],
-        max_outage=o["max_outage"],
-        connect_grace=o["connect_grace"],
-        ca_bundle=o["ca_bundle"],
-        max_response_chars=o["max_response_chars"],
-        engine=o["engine"],
-        ray_address=o["ray_address"],
-        actors=o["actors"],
-        per_actor_concurrency=o["per_actor_concurrency"],
     )
-    sys.exit(_execute(options))
 
 
 def _errors_path(input_path: str, output: str, errors: str | None) -> str:
@@ -380,6 +419,7 @@ def _errors_path(input_path: str, output: str, errors: str | None) -> str:
 def _execute(options: RunOptions) -> int:
     # Process-wide, so here and not in app.run: a program calling the library keeps its own.
     pin_mmap_threshold()  # before the run's big buffers: keeps a long run's RSS flat
+    prefer_system_arrow_pool()  # applied on the first Parquet use (JSONL never loads Arrow)
     try:
         outcome = asyncio.run(run(options))
     except KeyboardInterrupt:  # Ctrl-C before the run installed its own handler
@@ -419,7 +459,9 @@ def check(urls: tuple[str, ...], timeout: float, proxy: str | None, hf_token: st
     """
     from .check import check_endpoint
 
-    timeouts = Timeouts(total=timeout, read=min(60.0, timeout), idle=min(120.0, timeout))
+    usual = Timeouts()
+    timeouts = Timeouts(total=timeout, read=min(usual.read, timeout),
+                        idle=min(usual.idle, timeout))
     _endpoint_proxies(urls, proxy)
 
     async def go() -> list[Any]:
@@ -494,9 +536,12 @@ def _run_demo(source: str, output: str, *, fresh: bool, gradio: int, latency: fl
         config = FakeSpaceConfig(gradio_major=gradio, latency=latency, chunks=10)
         async with run_fake_space(config) as space:
             click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
-            options = RunOptions(input=source, output=output, errors=default_errors_path(output),
-                                 urls=(space.url,), concurrency=8, progress=sys.stderr.isatty(),
-                                 retry_base_delay=0.05, retry_max_delay=0.5, overwrite=fresh)
+            options = RunOptions(
+                input=source, output=output, errors=default_errors_path(output),
+                client=ClientSettings(urls=(space.url,)),
+                batch=BatchSettings(concurrency=8, policy=RetryPolicy(base_delay=0.05,
+                                                                      max_delay=0.5)),
+                progress=sys.stderr.isatty(), overwrite=fresh)
             return await run(options)
 
     try:

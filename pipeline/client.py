@@ -15,7 +15,6 @@ import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +49,7 @@ from .prompts import DEFAULT_SYSTEM_PROMPT
 from .proxies import proxy_for, proxy_password
 from .retry import parse_retry_after
 from .sessions import open_session
+from .settings import DEFAULT_URL, Timeouts  # re-exported: they lived here
 from .space_config import DEFAULT_SPACE_INFO, SpaceInfo, parse_space_config
 from .sse import SSEDecoder
 
@@ -72,7 +72,6 @@ __all__ = ["DEFAULT_URL", "GradioQueueClient", "Timeouts", "new_session_hash"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "https://qwen-qwen2-72b-instruct.hf.space"
 USER_AGENT = "qwen-batch (+https://pypi.org/project/qwen-batch/)"
 _CANCEL_WAIT = 3.0
 
@@ -80,37 +79,6 @@ _CANCEL_WAIT = 3.0
 def new_session_hash() -> str:
     """A fresh Gradio session hash: 12 hex characters of a UUID4."""
     return uuid.uuid4().hex[:12]
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """The limits of one attempt, in seconds; every wait of a request falls under one.
-
-    ``connect``: establishing a connection (TCP and TLS). ``request``: a short
-    exchange, counted from the moment it starts: ``/config`` and ``queue/join``
-    answered in full, the data stream's response headers, the body of an error
-    answer. ``read``: nothing at all received, counted from the moment a request
-    starts and then between reads (heartbeats come every 15 s, so keep it above
-    that); a short exchange is cut at the smaller of ``request`` and ``read``.
-    ``idle``: generation started but no new text (heartbeats prove the
-    connection, not the model). ``total``: the whole attempt, queue wait included.
-    """
-
-    connect: float = 10.0
-    read: float = 60.0
-    idle: float = 120.0
-    total: float = 900.0
-    request: float = 20.0
-
-    def __post_init__(self) -> None:
-        for name in ("connect", "read", "idle", "total", "request"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"timeout {name!r} must be positive")
-
-    @property
-    def exchange(self) -> float:
-        """The bound of a short exchange (``/config``, join, stream headers, error body)."""
-        return min(self.request, self.read)
 
 
 def _strip_credentials(url: str) -> str:

@@ -17,6 +17,7 @@ from .models import RawRecord
 from .readers import parquet_columns, read_records
 from .records import kept_keys
 from .rowspec import RowSpec, template_fields
+from .settings import MAX_RECORD_BYTES
 
 Records = Iterator[RawRecord | InputError]
 
@@ -90,7 +91,7 @@ def check_columns(
 
 def open_checked_input(
     path: str, fmt: str, spec: RowSpec, *, require_id: bool = False,
-    max_record_bytes: int = 1_000_000, infer_csv_types: bool = False,
+    max_record_bytes: int = MAX_RECORD_BYTES, infer_csv_types: bool = False,
 ) -> tuple[Records, list[RawRecord | InputError]]:
     """The records of ``path`` and (JSONL) the first ones, once its fields were checked.
 

@@ -39,6 +39,7 @@ from .errors import (
     TransportError,
 )
 from .models import Completion, RequestTrace
+from .settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,12 @@ class Attempt:
         return completion
 
 
+_DEFAULTS = BatchSettings()
+
+MAX_COOLDOWN = 60.0
+"""internal: the longest wait of a benched endpoint before its next probe."""
+
+
 class EndpointPool:
     """Chooses an endpoint per attempt and keeps each one's circuit breaker."""
 
@@ -158,11 +165,11 @@ class EndpointPool:
         completers: Sequence[Completer],
         urls: Sequence[str] | None = None,
         *,
-        failure_threshold: int = 5,
-        cooldown: float = 2.0,
-        max_cooldown: float = 60.0,
-        max_outage: float = 600.0,
-        connect_grace: float = 60.0,
+        failure_threshold: int = _DEFAULTS.failure_threshold,
+        cooldown: float = _DEFAULTS.probe_cooldown,
+        max_cooldown: float = MAX_COOLDOWN,
+        max_outage: float = _DEFAULTS.max_outage,
+        connect_grace: float = _DEFAULTS.connect_grace,
         clock: Clock = LOOP_CLOCK,
     ) -> None:
         if not completers:

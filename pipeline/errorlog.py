@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from .atomic import replace_atomically
 from .errors import OutputError
 from .jobs import KeySet
 from .jsonl import iter_jsonl_records
@@ -51,17 +51,11 @@ def compact_errors(
         if key in done or _reread(record, reread_below, run_started):
             continue
         latest[key] = record
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "wb") as handle:
+        with replace_atomically(path, keep_mode=True) as handle:
             for record in latest.values():
                 handle.write(encode_record(record))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         raise OutputError(f"cannot rewrite the errors file {path}: {exc.strerror or exc}") from exc
     if remaining is not None:
         for row_id, sample in latest:

@@ -15,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.alloc import use_system_arrow_pool
+from pipeline.alloc import apply_arrow_pool_choice
+from pipeline.atomic import fsync_path
 from pipeline.batching import MERGE_BATCH_BYTES, parquet_row_bytes, rows_within, sized_batches
 from pipeline.digests import DigestSet, key_digest
 from pipeline.errors import OutputError
@@ -77,7 +78,7 @@ class ParquetOutput:
         self.tmp_path = path + ".tmp"
         self.flush_rows = flush_rows
         self.batch_bytes = batch_bytes
-        use_system_arrow_pool()
+        apply_arrow_pool_choice()
         with contextlib.suppress(FileNotFoundError):
             os.remove(self.tmp_path)  # an interrupted merge; its rows are still in the journal
         if os.path.exists(path):
@@ -302,9 +303,9 @@ def _merge(path: str, journal: str, tmp_path: str, batch_rows: int, batch_bytes:
                 added += interleave(out, _conform(old, schema, old_schema), new_rows, to_table)
             added += interleave(out, None, new_rows, to_table)
             out.flush()
-        _fsync_path(tmp_path)
+        fsync_path(tmp_path)
         os.replace(tmp_path, path)
-        _fsync_path(os.path.dirname(os.path.abspath(path)))  # make the rename itself durable
+        fsync_path(os.path.dirname(os.path.abspath(path)))  # make the rename itself durable
     except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
         raise OutputError(f"cannot merge {journal} into {path}: {exc}; the journal is kept "
                           "and the next run will merge it") from exc
@@ -313,16 +314,6 @@ def _merge(path: str, journal: str, tmp_path: str, batch_rows: int, batch_bytes:
             existing.close()
     _remove(journal)
     return added
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems cannot fsync a directory; the rename still happened
-        log.debug("cannot fsync %s: %s", path, exc)
-    finally:
-        os.close(fd)
 
 
 def _size(path: str) -> int:

@@ -14,7 +14,6 @@ night is compared with the night before.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .atomic import replace_atomically
 from .columns import close_records
 from .digests import digest64
 from .errors import ConfigError, InputError, OutputError
@@ -97,14 +97,10 @@ def read_note(output: str) -> InputNote | None:
 def write_note(output: str, note: InputNote) -> None:
     """Write the note of ``output`` atomically; OutputError if it cannot be written."""
     path = note_path(output)
-    tmp = path + ".tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(note.to_json())
-        os.replace(tmp, path)
+        with replace_atomically(path) as handle:
+            handle.write(note.to_json().encode("utf-8"))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -13,6 +13,7 @@ from .client import DEFAULT_URL, GradioQueueClient, Timeouts, new_session_hash
 from .errors import ModelNotFoundError
 from .models import RequestTrace
 from .prompts import fold_messages
+from .settings import DEFAULT_MODEL
 
 
 class Qwen_Qwen_2_72B:  # the provider's established public name
@@ -37,7 +38,7 @@ class Qwen_Qwen_2_72B:  # the provider's established public name
     use_stream_timeout: ClassVar[bool] = True
     live: ClassVar[int] = 0
 
-    default_model: ClassVar[str] = "qwen-qwen2-72b-instruct"
+    default_model: ClassVar[str] = DEFAULT_MODEL
     model_aliases: ClassVar[dict[str, str]] = {"qwen-2-72b": default_model}
     models: ClassVar[list[str]] = [default_model, *model_aliases]
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Literal, cast
 
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
+from pipeline.settings import MAX_RECORD_BYTES
 
 Format = Literal["jsonl", "parquet", "csv", "tsv"]
 Compression = Literal["gzip", "zstd"]
@@ -82,7 +83,7 @@ def read_records(
     path: str,
     fmt: str | None = None,
     *,
-    max_record_bytes: int = 1_000_000,
+    max_record_bytes: int = MAX_RECORD_BYTES,
     batch_size: int = 1024,
     stdin: BinaryIO | None = None,
     infer_csv_types: bool = False,

@@ -15,7 +15,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.alloc import use_system_arrow_pool
+from pipeline.alloc import apply_arrow_pool_choice
 from pipeline.batching import READ_BATCH_BYTES, parquet_row_bytes, rows_within
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
@@ -40,7 +40,7 @@ def open_parquet(path: str, limit: int,
     when the rows are wide: as many as fit in :data:`~pipeline.batching.READ_BATCH_BYTES`
     by the file's footer.
     """
-    use_system_arrow_pool()
+    apply_arrow_pool_choice()
     if os.path.isdir(path):
         return _read_dataset(path, limit, batch_size)
     try:
@@ -96,33 +96,56 @@ def _read_dataset(path: str, limit: int,
         raise InputFileError(f"cannot read {path} as a Parquet dataset: {exc}") from exc
     if not fragments:
         raise InputFileError(f"{path}: the directory holds no Parquet files")
-    scan = ds.ParquetFragmentScanOptions(pre_buffer=False, buffer_size=_PARQUET_BUFFER)
     total = 0
     for fragment in fragments:
         try:
             total += fragment.metadata.num_rows
         except ARROW_ERRORS as exc:
             raise InputFileError(f"cannot read {fragment.path} as Parquet: {exc}") from exc
-    return total, _read_fragments(fragments, dataset.schema, scan, limit, batch_size)
+    return total, _read_fragments(fragments, dataset.schema, limit, batch_size)
 
 
-def _read_fragments(fragments: list[Any], schema: Any, scan: Any, limit: int,
+def _read_fragments(fragments: list[Any], schema: Any, limit: int,
                     batch_size: int) -> Iterator[RawRecord | InputError]:
+    """Each file through its own :class:`pyarrow.parquet.ParquetFile`, page by page.
+
+    Not ``fragment.to_batches``: the dataset scanner reads a whole row group before its
+    first batch (and pyarrow writes one row group per file by default). A file's rows
+    get the dataset's columns in its order: its ``key=value`` folders' values, and None
+    for a column the file lacks.
+    """
     position = 0
+    names = list(schema.names)
     for fragment in fragments:
         name = fragment.path
-        rows = _batch_rows(fragment.metadata, batch_size)  # read (and checked) at open
-        batches = fragment.to_batches(schema=schema, batch_size=rows, use_threads=False,
-                                      fragment_scan_options=scan)
-        for item in _rows(batches, lambda row, name=name: f"{name} row {row}", position,
-                          limit, name):
-            yield item
-            position += 1
+        keys = ds.get_partition_keys(fragment.partition_expression)
+        try:
+            parquet = pq.ParquetFile(name, pre_buffer=False, buffer_size=_PARQUET_BUFFER)
+        except ARROW_ERRORS as exc:
+            raise InputFileError(f"cannot read {name} as Parquet: {exc}") from exc
+        try:
+            present = set(parquet.schema_arrow.names)
+            columns = [n for n in names if n in present and n not in keys]
+            batches = parquet.iter_batches(batch_size=_batch_rows(parquet.metadata, batch_size),
+                                           columns=columns, use_threads=False)
+            filled = {n: keys.get(n) for n in names if n not in columns}
+            rows = _rows(batches, lambda row, name=name: f"{name} row {row}", position,
+                         limit, name, fill=filled, order=names if filled else None)
+            for item in rows:
+                yield item
+                position += 1
+        finally:
+            parquet.close()
 
 
-def _rows(batches: Iterable[Any], where: Any, position: int, limit: int,
-          name: str) -> Iterator[RawRecord | InputError]:
-    """Records from Arrow batches; ``where(row)`` names a row, ``position`` counts on."""
+def _rows(batches: Iterable[Any], where: Any, position: int, limit: int, name: str, *,
+          fill: dict[str, Any] | None = None,
+          order: list[str] | None = None) -> Iterator[RawRecord | InputError]:
+    """Records from Arrow batches; ``where(row)`` names a row, ``position`` counts on.
+
+    ``fill`` adds constant fields to every row (a dataset's partition keys, or None for a
+    column a file lacks), and ``order`` then gives the fields' order.
+    """
     row = 0
     iterator = iter(batches)
     while True:
@@ -134,10 +157,16 @@ def _rows(batches: Iterable[Any], where: Any, position: int, limit: int,
         if rows is None:
             return
         del batch  # the rows are Python objects now: let Arrow free the batch's buffers
+        if fill:
+            rows = [_ordered({**values, **fill}, order) for values in rows]
         for values in rows:
             yield _record(values, position, where(row), limit)
             position += 1
             row += 1
+
+
+def _ordered(values: dict[str, Any], order: list[str] | None) -> dict[str, Any]:
+    return {key: values[key] for key in order} if order else values
 
 
 def approx_size(value: Any, limit: int) -> int:
@@ -177,7 +206,7 @@ def read_csv(path: str, delimiter: str, limit: int, batch_size: int, *,
     string. Quoted values may span lines; a row's location is the line it starts on.
     A row with all cells empty is skipped like a blank line (it has no prompt).
     """
-    use_system_arrow_pool()
+    apply_arrow_pool_choice()
     reader, names = _open_csv(path, delimiter, infer_types)
     return _csv_rows(reader, path, 2 + sum(n.count("\n") for n in names), limit)
 

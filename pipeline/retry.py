@@ -60,9 +60,13 @@ class RetryPolicy:
     """
 
     max_attempts: int = 4
+    """``--max-attempts``."""
     base_delay: float = 1.0
+    """``--retry-delay``."""
     max_delay: float = 60.0
+    """``--retry-max-delay``."""
     max_hint: float = 300.0
+    """internal: the longest server wait hint (Retry-After) honoured."""
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:
         """True when ``error`` ended attempt number ``attempt`` (1-based) and another may follow."""

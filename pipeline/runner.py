@@ -24,7 +24,6 @@ from collections.abc import (
     Iterable,
     Sequence,
 )
-from dataclasses import dataclass, field
 
 from .clock import LOOP_CLOCK, Clock
 from .endpoints import Attempt, Completer, EndpointPool
@@ -37,56 +36,17 @@ from .errors import (
 )
 from .limits import AdaptiveLimit, RateLimiter
 from .models import Completion, Failure, PromptRow, RequestTrace, Result, Success
-from .retry import RetryPolicy
+from .settings import DEFAULT_MODEL, BatchSettings  # re-exported: BatchSettings lived here
 
-__all__ = ["BatchSettings", "BatchState", "Completer", "run_batch"]
+__all__ = ["DEFAULT_MODEL", "BatchSettings", "BatchState", "Completer", "run_batch"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "qwen-qwen2-72b-instruct"
 
 
 def _session_hashes() -> Callable[[], str]:
     from .client import new_session_hash  # the transport owns the hash format
 
     return new_session_hash
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSettings:
-    """Knobs of one batch run.
-
-    ``concurrency`` is the ceiling of requests in flight; with ``adaptive`` the
-    run stays below it as the Space's queue demands. ``rate`` caps request starts
-    per second (retries included). ``deadline`` (seconds from the start) stops
-    new requests; those in flight get ``grace`` seconds more, then are cancelled.
-    ``failure_threshold``/``max_outage`` tune the endpoints' circuit breakers;
-    ``connect_grace`` is how long endpoints that were never reached are tried.
-    """
-
-    concurrency: int = 4
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
-    samples: int = 1
-    rate: float | None = None
-    model: str = DEFAULT_MODEL
-    max_consecutive_failures: int = 20
-    seed: int | None = None
-    adaptive: bool = True
-    min_chars: int = 1
-    deadline: float | None = None
-    grace: float = 60.0
-    failure_threshold: int = 5
-    probe_cooldown: float = 2.0
-    max_outage: float = 600.0
-    connect_grace: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if self.samples < 1:
-            raise ValueError("samples must be at least 1")
-        if self.rate is not None and self.rate <= 0:
-            raise ValueError("rate must be positive")
 
 
 class BatchState:

@@ -9,17 +9,16 @@ heap, so memory stays bounded for outputs of any size.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import logging
 import os
-import stat
 import sys
 import tempfile
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any
 
+from pipeline.atomic import replace_atomically
 from pipeline.errors import OutputError
 from pipeline.lock import OutputLock
 
@@ -143,7 +142,7 @@ def sort_output(path: str, *, run_bytes: int = RUN_BYTES) -> tuple[int, bool]:
             first = next(ordered, None)
             if in_order:
                 return count, False
-            _replace(path, directory, first, ordered)
+            _replace(path, first, ordered)
         finally:
             ordered.close()
         return count, True
@@ -164,29 +163,14 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield lineno, line
 
 
-def _replace(path: str, directory: str, first: tuple[SortKey, bytes] | None,
+def _replace(path: str, first: tuple[SortKey, bytes] | None,
              rest: Iterator[tuple[SortKey, bytes]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".sorting",
-                               dir=directory)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with replace_atomically(path, keep_mode=True) as out:
             if first is not None:
                 out.write(first[1])
             for _, line in rest:
                 out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         raise OutputError(f"cannot rewrite {path}: {exc.strerror or exc}; "
                           "the file is unchanged") from exc
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    except OSError as exc:
-        log.debug("cannot fsync %s: %s", directory, exc)
-    finally:
-        os.close(dir_fd)

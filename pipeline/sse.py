@@ -66,14 +66,31 @@ class SSEDecoder:
         buf = self._buf + chunk if self._buf else chunk
         events: list[SSEEvent] = []
         if b"\r" not in buf:
-            # Fast path: the LF-only streams every Gradio server sends.
+            # Fast path: the LF-only streams every Gradio server sends, nearly all of whose
+            # lines are ``data:`` lines and blank lines, handled here without a call each.
             lines = buf.split(b"\n")
             self._buf = lines.pop()
             for line in lines:
-                if line[:5] == b"data:":  # nearly every line: skip the general parser
-                    self._add_data(line[6:] if line[5:6] == b" " else line[5:])
-                else:
+                if line[:5] == b"data:":
+                    try:
+                        value = (line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise ProtocolError(
+                            f"server-sent event line is not valid UTF-8: {exc}") from None
+                    self._data.append(value)
+                    self._data_size += len(value)
+                    if self._max_line is not None and self._data_size > self._max_line:
+                        raise ProtocolError(
+                            f"server-sent event larger than {self._max_line} bytes")
+                elif line or not self._data:
                     self._line(line, events)
+                else:  # a blank line after data: dispatch
+                    data = self._data
+                    events.append(SSEEvent(data[0] if len(data) == 1 else "\n".join(data),
+                                           self._event or "message", self._id, self._retry))
+                    self._data = []
+                    self._data_size = 0
+                    self._event = ""
         else:
             start = 0
             for match in _EOL.finditer(buf):
@@ -121,9 +138,6 @@ class SSEDecoder:
                 self._id = value
         elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
-
-    def _add_data(self, raw: bytes) -> None:
-        self._append(_decode(raw))
 
     def _append(self, value: str) -> None:
         self._data.append(value)

@@ -8,48 +8,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-import asyncio  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
-import pytest  # noqa: E402
+import pytest
+from threaded_server import ThreadedServer
 
-from pipeline.fake_space import FakeSpace, FakeSpaceConfig, run_fake_space  # noqa: E402
+from pipeline.fake_space import FakeSpace, FakeSpaceConfig, run_fake_space
 
 
-class ThreadedFakeSpace:
+class ThreadedFakeSpace(ThreadedServer):
     """The fake Space on its own event loop in a thread, for synchronous callers (CliRunner)."""
 
+    name = "the fake Space"
+
     def __init__(self, config: FakeSpaceConfig) -> None:
+        super().__init__()
         self._config = config
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
         self.url = ""
         self.space: FakeSpace | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
         async with run_fake_space(self._config) as running:
             self.url, self.space = running.url, running.space
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> ThreadedFakeSpace:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Space did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+            yield
 
 
 PROXY_VARIABLES = (*(f"{name}_{suffix}" for name in ("HTTP", "HTTPS", "ALL", "NO")

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from threaded_server import ThreadedServer
+
 DOWNSTREAM = "downstream"
 UPSTREAM = "upstream"
 _READ_SIZE = 65536
@@ -452,17 +454,15 @@ def _slices(data: bytes, sizes: tuple[int, int], rng: random.Random) -> list[byt
     return out
 
 
-class ThreadedFaultProxy:
+class ThreadedFaultProxy(ThreadedServer):
     """A :class:`FaultProxy` on its own event loop in a thread (for CliRunner callers)."""
 
+    name = "the fault proxy"
+
     def __init__(self, upstream: str, toxics: Sequence[Toxic] = (), seed: int = 0) -> None:
+        super().__init__()
         self.proxy = FaultProxy(upstream, toxics, seed)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
         self.leaked: set[asyncio.Task[object]] = set()
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
     @property
     def url(self) -> str:
@@ -471,34 +471,8 @@ class ThreadedFaultProxy:
     def snapshot(self) -> ProxyStats:
         return self.proxy.snapshot()
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # re-raised by __enter__ / __exit__
-            self._error = exc
-            self._ready.set()
-        finally:
-            self._loop.close()
+    def running(self) -> FaultProxy:
+        return self.proxy
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with self.proxy:
-            self._ready.set()
-            await self._stop.wait()
+    def stopped(self) -> None:
         self.leaked = asyncio.all_tasks() - {asyncio.current_task()}
-
-    def __enter__(self) -> ThreadedFaultProxy:
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"the fault proxy did not start: {self._error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        if self._thread.is_alive():
-            raise RuntimeError("the fault proxy did not stop within 10 s")
-        if self._error is not None:
-            raise self._error

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.engines.actor import ActorConfig, PromptBatchCallable
 from pipeline.engines.base import EngineOptions, Rows
-from pipeline.engines.distributed import Spool, open_executor, per_actor_concurrency
+from pipeline.engines.distributed import Spool, open_executor
 from pipeline.engines.stream import packet_blocks
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
@@ -121,6 +121,7 @@ async def open_inprocess(
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """An :data:`~pipeline.engines.base.Engine`: the Ray engine's path with in-process actors."""
-    executor = InProcessExecutor(options.actors, per_actor_concurrency(options))
+    executor = InProcessExecutor(options.engine.actors,
+                                 options.engine.per_actor(settings.concurrency))
     async with open_executor(executor, options, rows, settings, stop, state) as results:
         yield results

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -19,15 +18,15 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from external_tools import executable_or_skip
+from threaded_server import ThreadedServer
 
 from pipeline.fake_space import FakeSpace, FakeSpaceConfig
 
@@ -80,24 +79,19 @@ def make_tls_files(directory: Path) -> TLSFiles:
     return TLSFiles(ca=ca, cert=cert, key=key)
 
 
-class ThreadedTLSSpace:
+class ThreadedTLSSpace(ThreadedServer):
     """The fake Space (Gradio 4 shape, fast) over HTTPS on 127.0.0.1, served from a thread."""
 
+    name = "the TLS fake Space"
+
     def __init__(self, tls: TLSFiles) -> None:
+        super().__init__()
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(tls.cert, tls.key)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
         self.url = ""
-        self._thread = threading.Thread(target=self._main, daemon=True)
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
         space = FakeSpace(FakeSpaceConfig(gradio_major=4, latency=0.02, chunks=4))
         runner = web.AppRunner(space.app, handler_cancellation=True, access_log=None,
                                shutdown_timeout=2.0)
@@ -106,21 +100,9 @@ class ThreadedTLSSpace:
             site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._context)
             await site.start()
             self.url = f"https://127.0.0.1:{runner.addresses[0][1]}"
-            self._ready.set()
-            await self._stop.wait()
+            yield
         finally:
             await runner.cleanup()
-
-    def __enter__(self) -> ThreadedTLSSpace:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the TLS fake Space did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 # -- mitmproxy ------------------------------------------------------------------------------------

@@ -463,10 +463,9 @@ async def raw_queue_call(
             kind = message.get("msg")
             if kind == "process_generating":
                 data = message["output"]["data"]
-                if current is None:
-                    current = data  # first message: full values
-                else:
-                    current = [apply_diff(v, e) for v, e in zip(current, data, strict=True)]
+                # The first message holds full values, the next ones diffs.
+                current = data if current is None else [
+                    apply_diff(v, e) for v, e in zip(current, data, strict=True)]
                 partials.append(chatbot_answer(current[1]))
             elif kind == "process_completed":
                 success = bool(message.get("success"))

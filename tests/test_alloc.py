@@ -85,6 +85,23 @@ def test_an_arrow_pool_chosen_in_the_environment_is_kept() -> None:
     assert out == "False True"
 
 
+def test_a_parquet_read_switches_the_pool_only_when_the_run_command_asked(tmp_path: Path) -> None:
+    path = tmp_path / "in.parquet"
+    code = f"""
+        import pyarrow as pa, pyarrow.parquet as pq
+        from pipeline import alloc
+        from pipeline.readers import read_records
+        pq.write_table(pa.table({{"prompt": ["a", "b"]}}), {str(path)!r})
+        before = pa.default_memory_pool().backend_name
+        list(read_records({str(path)!r}))
+        as_library = pa.default_memory_pool().backend_name == before
+        alloc.prefer_system_arrow_pool()
+        list(read_records({str(path)!r}))
+        print(before != "system", as_library, pa.default_memory_pool().backend_name)
+    """
+    assert run_child(code) == "True True system"
+
+
 def _one_row(tmp_path: Path) -> Path:
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "a", "prompt": "hello"}\n', encoding="utf-8")
@@ -92,11 +109,13 @@ def _one_row(tmp_path: Path) -> Path:
 
 
 async def test_a_run_as_a_library_leaves_the_process_allocator_alone(tmp_path: Path) -> None:
-    from pipeline.app import RunOptions, run
+    from run_options import run_options
+
+    from pipeline.app import run
     from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 
     async with run_fake_space(FakeSpaceConfig(gradio_major=4, latency=0.0)) as space:
-        outcome = await run(RunOptions(input=str(_one_row(tmp_path)),
+        outcome = await run(run_options(input=str(_one_row(tmp_path)),
                                        output=str(tmp_path / "out.jsonl"),
                                        errors=str(tmp_path / "errors.jsonl"),
                                        urls=(space.url,), progress=False))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_options import run_options
 
 import pipeline.app as app
 from pipeline.app import RunOptions, run
@@ -39,10 +40,10 @@ def options(tmp_path: Path, space: RunningFakeSpace, source: Path, **kw: Any) ->
     out = tmp_path / "out.jsonl"
     base: dict[str, Any] = {
         "input": str(source), "output": str(out), "errors": str(tmp_path / "out.errors.jsonl"),
-        "urls": (space.url,), "progress": False, "retry_base_delay": 0.01,
-        "retry_max_delay": 0.02, "timeouts": Timeouts(connect=5, read=5, total=20)}
+        "urls": (space.url,), "progress": False, "base_delay": 0.01,
+        "max_delay": 0.02, "timeouts": Timeouts(connect=5, read=5, total=20)}
     base.update(kw)
-    return RunOptions(**base)
+    return run_options(**base)
 
 
 def last_bar(stderr: str) -> str:

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from run_options import run_options
 
 import pipeline.app as app
-from pipeline.app import RunOptions, run
+from pipeline.app import run
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
@@ -57,7 +58,7 @@ async def test_a_row_failed_before_and_done_now_leaves_the_errors_file(
                                 for i, p in (("b", 1), ("gone", 9), ("a", 0))))
     SpyKeySet.made.clear()
     monkeypatch.setattr(app, "KeySet", SpyKeySet)
-    options = RunOptions(input=str(source), output=str(out), errors=str(errors),
+    options = run_options(input=str(source), output=str(out), errors=str(errors),
                          urls=(space.url,), progress=False,
                          timeouts=Timeouts(connect=5, read=5, total=20))
     outcome = await run(options)
@@ -78,7 +79,7 @@ async def test_a_first_run_adds_no_key_per_success(
                               for i in range(20)))
     SpyKeySet.made.clear()
     monkeypatch.setattr(app, "KeySet", SpyKeySet)
-    outcome = await run(RunOptions(input=str(source), output=str(tmp_path / "o.jsonl"),
+    outcome = await run(run_options(input=str(source), output=str(tmp_path / "o.jsonl"),
                                    errors=str(tmp_path / "o.errors.jsonl"), urls=(space.url,),
                                    progress=False, timeouts=Timeouts(connect=5, read=5, total=20)))
     assert outcome.exit_code == 0 and outcome.summary.succeeded == 20

@@ -187,12 +187,12 @@ def test_wide_parquet_rows_are_read_in_batches_within_the_budget(
     batches: list[int] = []
     real_rows = readers_arrow._rows
 
-    def rows(source: Any, *args: Any) -> Any:
+    def rows(source: Any, *args: Any, **kwargs: Any) -> Any:
         def counted() -> Any:
             for batch in source:
                 batches.append(batch.num_rows)
                 yield batch
-        return real_rows(counted(), *args)
+        return real_rows(counted(), *args, **kwargs)
 
     monkeypatch.setattr(readers_arrow, "_rows", rows)
     items = list(read_records(str(path), batch_size=1024))

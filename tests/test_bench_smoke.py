@@ -2,8 +2,8 @@
 
 Not a benchmark: 50 prompts against a fake Space at 0.05 s. It checks that the
 reference client writes correct answers, that the process measurement reports
-sane figures, and that the CI regression check passes a lenient threshold and
-FAILS (exit 1) an impossible one.
+sane figures, and that the CI regression check (both legs, every output checked
+record by record) passes lenient limits and FAILS (exit 1) impossible ones.
 """
 
 from __future__ import annotations
@@ -51,6 +51,38 @@ def test_verdict_logic() -> None:
     ratio, passed = check_regression.verdict([(1.0, 1.25), (1.0, 1.2), (1.0, 1.3)], 0.9)
     assert ratio == pytest.approx(1 / 1.25) and not passed
     assert check_regression.verdict([], 0.9)[1] is False
+    # CPU: ours / reference, at most the limit.
+    ratio, passed = check_regression.cpu_verdict([(1.0, 1.4), (1.0, 1.6), (2.0, 2.2)], 1.5)
+    assert ratio == pytest.approx(1.4) and passed
+    ratio, passed = check_regression.cpu_verdict([(1.0, 1.6), (1.0, 1.7), (1.0, 1.2)], 1.5)
+    assert ratio == pytest.approx(1.6) and not passed
+    assert check_regression.cpu_verdict([], 1.5)[1] is False
+
+
+def test_output_check_wants_every_answer_exactly_once(tmp_path: Path) -> None:
+    prompts = {"r0": "first", "r1": "second", "r2": "third"}
+    check = check_regression.output_checker(prompts)
+    out = tmp_path / "out.jsonl"
+
+    def write(*records: dict[str, str]) -> list[str]:
+        out.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        return check(out)
+
+    right = [{"id": i, "prompt": p, "completion": fake_answer(p, DEFAULT_SYSTEM_PROMPT)}
+             for i, p in prompts.items()]
+    assert write(*right) == []
+    assert write(*reversed(right)) == []  # any order
+    wrong = dict(right[1], completion=right[1]["completion"][:-1])
+    assert write(right[0], wrong, right[2]) == [
+        "id 'r1': the completion is not the fake Space's answer: "
+        + repr(wrong["completion"][:80])]
+    assert write(right[0], right[1], right[1], right[2]) == ["line 3: id 'r1' written twice"]
+    assert write(right[0], right[2]) == ["1 ids missing from the output"]
+    assert write(*right, {"id": "r9", "prompt": "x", "completion": "y"}) == [
+        "line 4: id 'r9' is not in the input"]
+    assert write(right[0], dict(right[1], prompt="other"), right[2]) == [
+        "id 'r1': the prompt differs from the input's"]
+    assert check(tmp_path / "none.jsonl") == ["no output file none.jsonl"]
 
 
 def test_reference_client_answers_every_prompt(space: common.FakeSpaceProc,
@@ -81,15 +113,44 @@ def test_our_cli_runs_under_the_harness(space: common.FakeSpaceProc, tmp_path: P
     assert run.extra.get("elapsed_s") is not None
 
 
+def test_a_run_with_a_wrong_answer_is_not_ok(space: common.FakeSpaceProc, tmp_path: Path) -> None:
+    inp = common.make_jsonl(tmp_path / "in.jsonl", N, prompt_chars=120)
+    prompts = check_regression.read_prompts(inp)
+    for client in ("ours", "reference"):
+        right = common.run_client(client, inp, N, space.url, 16, workdir=tmp_path / "w",
+                                  timeout=60, adaptive=True,
+                                  verify=check_regression.output_checker(prompts))
+        assert right.ok and right.problems == [], right.problems
+        # The answers are checked against another system prompt: every one is now wrong.
+        wrong = common.run_client(client, inp, N, space.url, 16, workdir=tmp_path / "w",
+                                  timeout=60, adaptive=True,
+                                  verify=check_regression.output_checker(prompts, "other"))
+        assert not wrong.ok and wrong.rows_out == N
+        assert wrong.problems[-1] == f"... and {N - 5} more"
+
+
 def test_regression_check_passes_and_can_fail(tmp_path: Path) -> None:
-    args = ["--n", str(N), "--latency", "0.05", "--chunks", "4", "--reps", "1",
-            "--workdir", str(tmp_path)]
-    assert check_regression.main([*args, "--threshold", "0", "--json",
-                                  str(tmp_path / "ok.json")]) == 0
+    args = ["--n", str(N), "--zero-n", str(N), "--latency", "0.05", "--chunks", "4",
+            "--reps", "1", "--workdir", str(tmp_path)]
+    lenient = ["--threshold", "0", "--cpu-max", "100", "--zero-threshold", "0",
+               "--zero-cpu-max", "100"]
+    assert check_regression.main([*args, *lenient, "--json", str(tmp_path / "ok.json")]) == 0
     figures = json.loads((tmp_path / "ok.json").read_text())
-    assert figures["clean"] and figures["wall_ratio_ref_over_ours"] > 0
-    # Ours can never be 100x faster than the reference: this threshold must fail.
-    assert check_regression.main([*args, "--threshold", "100"]) == 1
+    assert figures["clean"] and figures["adaptive"] and set(figures["legs"]) == {"latency", "zero"}
+    for leg in figures["legs"].values():
+        assert leg["clean"] and leg["n"] == N
+        assert leg["wall_ratio_ref_over_ours"] > 0 and leg["cpu_ratio_ours_over_ref"] > 0
+    # Ours can never be 100x faster, nor use a hundredth of the reference's CPU: these fail.
+    assert check_regression.main([*args, *lenient, "--threshold", "100"]) == 1
+    assert check_regression.main([*args, *lenient, "--cpu-max", "0.01"]) == 1
+    assert check_regression.main([*args, *lenient, "--zero-cpu-max", "0.01"]) == 1
+
+
+def test_our_default_path_runs_adaptive(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    assert "--fixed-concurrency" not in common.ours_cmd(tmp_path / "i.jsonl", out, "u", 4,
+                                                        adaptive=True)
+    assert "--fixed-concurrency" in common.ours_cmd(tmp_path / "i.jsonl", out, "u", 4)
 
 
 def test_parquet_memory_probe_and_output_check(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_options import run_options
 from silent_space import SilentSpace, answer_for, run_silent_space
 
 from pipeline import errors
@@ -84,8 +85,8 @@ def _options(tmp_path: Path, url: str, rows: int, **extra: Any) -> RunOptions:
     settings: dict[str, Any] = {
         "input": str(source), "output": str(out), "errors": str(tmp_path / "out.errors.jsonl"),
         "urls": (url,), "concurrency": 2, "max_attempts": 2, "timeouts": BOUNDS,
-        "progress": False, "retry_base_delay": 0.01, "retry_max_delay": 0.05, **extra}
-    return RunOptions(**settings)
+        "progress": False, "base_delay": 0.01, "max_delay": 0.05, **extra}
+    return run_options(**settings)
 
 
 def _count(path: Path) -> int:

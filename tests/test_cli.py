@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.errors import remedy
 from pipeline.fake_space import FAULT_NAMES, fake_answer
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.rowspec import content_id
@@ -99,7 +100,7 @@ def test_run_help_shows_an_example_and_exit_codes() -> None:
 
 
 def test_jsonl_in_jsonl_out_beside_the_input(tmp_path: Path, threaded_space) -> None:
-    source = write_jsonl(tmp_path / "job.jsonl", prompts(6) + [{"prompt": "no id here"}])
+    source = write_jsonl(tmp_path / "job.jsonl", [*prompts(6), {"prompt": "no id here"}])
     result = invoke("run", str(source), "--url", threaded_space.url, *FAST)
     assert result.exit_code == 0, result.stderr
     out = tmp_path / "job.jsonl.completions.jsonl"
@@ -454,6 +455,9 @@ def test_check_fails_with_exit_4(threaded_space, setup: str) -> None:
     result = invoke("check", "--url", url, "--timeout", "5")
     assert result.exit_code == 4, result.output
     assert result.stdout.startswith("FAIL") and "error" in result.stdout
+    # ... and what to do about it: the remedy of the error's type, as in the errors file.
+    error_type = result.stdout.split("  error       ", 1)[1].split(":", 1)[0]
+    assert f"  fix         {remedy(error_type)}\n" in result.stdout + "\n"
 
 
 def test_response_and_record_size_caps(tmp_path: Path, threaded_space) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from run_options import run_options
 
-from pipeline.app import RunOptions, run
+from pipeline.app import run
 from pipeline.client import Timeouts
 from pipeline.engines.actor import RESULT_SCHEMA, ROW_COLUMN, ActorConfig, PromptBatchCallable
 from pipeline.engines.codec import encode_row, failure_from_record, success_from_record
@@ -46,6 +47,7 @@ from pipeline.readers import read_records
 from pipeline.records import failure_record, success_record
 from pipeline.rowspec import RowSpec
 from pipeline.runner import run_batch
+from pipeline.settings import ClientSettings
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
 VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms", "ttft_ms",
@@ -60,10 +62,14 @@ async def space() -> AsyncIterator[RunningFakeSpace]:
 
 
 def config_for(url: str, **changes: Any) -> ActorConfig:
-    base: dict[str, Any] = {"urls": (url,), "concurrency": 3, "adaptive": False,
-                            "timeouts": TIMEOUTS, "max_attempts": 3, "retry_base_delay": 0.01,
-                            "retry_max_delay": 0.02}
-    return ActorConfig(**{**base, **changes})
+    """An actor's config; ``changes`` name the fields of ActorConfig or of its settings."""
+    flat: dict[str, Any] = {"urls": (url,), "concurrency": 3, "adaptive": False,
+                            "timeouts": TIMEOUTS, "max_attempts": 3, "base_delay": 0.01,
+                            "max_delay": 0.02, **changes}
+    own = {name: flat.pop(name) for name in ("deadline_at", "flush_rows", "flush_interval",
+                                              "driver_pid") if name in flat}
+    settings = run_options(input="-", output="-", errors="-", **flat)
+    return ActorConfig(client=settings.client, batch=settings.batch, **own)
 
 
 def batch(rows: list[PromptRow]) -> pa.Table:
@@ -194,8 +200,8 @@ async def test_the_deadline_stops_new_requests_and_keeps_those_in_flight(
 
 
 def test_the_config_repr_hides_secrets() -> None:
-    config = ActorConfig(urls=("http://127.0.0.1:1",), hf_token="hf_secret",
-                         proxy="http://u:pw@127.0.0.1:3128")
+    config = ActorConfig(client=ClientSettings(urls=("http://127.0.0.1:1",), hf_token="hf_secret",
+                                               proxy="http://u:pw@127.0.0.1:3128"))
     assert "hf_secret" not in repr(config) and "pw" not in repr(config)
 
 
@@ -213,9 +219,9 @@ async def test_records_are_exactly_the_local_engines(tmp_path: Path,
     source.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
     spec = RowSpec(keep=("title", "model"))
     out = tmp_path / "local.jsonl"
-    options = RunOptions(input=str(source), output=str(out), errors=str(tmp_path / "local.err"),
+    options = run_options(input=str(source), output=str(out), errors=str(tmp_path / "local.err"),
                          spec=spec, urls=(space.url,), progress=False, max_attempts=2,
-                         retry_base_delay=0.01, retry_max_delay=0.02, timeouts=TIMEOUTS)
+                         base_delay=0.01, max_delay=0.02, timeouts=TIMEOUTS)
     outcome = await run(options)
     assert outcome.exit_code == 3
     local_ok = {r["id"]: r for r in iter_jsonl_records(str(out))}

@@ -13,7 +13,6 @@ import json
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from inprocess_engine import InProcessExecutor, open_inprocess
+from run_options import changed, run_options
 
 from pipeline.app import RunOptions, RunOutcome, run
 from pipeline.cli import main
@@ -29,6 +29,7 @@ from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
 from pipeline.jsonl import iter_jsonl_records
 from pipeline.rowspec import RowSpec
+from pipeline.settings import BatchSettings, ClientSettings
 
 TIMEOUTS = Timeouts(connect=5, read=5, idle=2, total=20)
 VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms", "ttft_ms",
@@ -57,12 +58,12 @@ def write_input(path: Path, rows: int = ROWS, *, messy: bool = True) -> None:
 
 def options(tmp_path: Path, url: str, output: str, **changes: Any) -> RunOptions:
     out = tmp_path / output
-    base = RunOptions(input=str(tmp_path / "in.jsonl"), output=str(out),
+    base = run_options(input=str(tmp_path / "in.jsonl"), output=str(out),
                       errors=str(out.with_name(out.stem + ".errors.jsonl")),
                       spec=RowSpec(keep=("topic", "n")), urls=(url,), concurrency=4,
-                      progress=False, max_attempts=2, retry_base_delay=0.01,
-                      retry_max_delay=0.02, timeouts=TIMEOUTS)
-    return replace(base, **changes)
+                      progress=False, max_attempts=2, base_delay=0.01,
+                      max_delay=0.02, timeouts=TIMEOUTS)
+    return changed(base, **changes)
 
 
 async def run_inprocess(options: RunOptions) -> RunOutcome:
@@ -234,7 +235,8 @@ async def test_tables_reach_the_driver_while_their_block_runs(tmp_path: Path,
         spool.add(PromptRow(f"r{i}", i, f"question {i}" + (" [fault:stall]" if i == 5 else "")))
     spool.flush()
     assert pq.read_table(spool.paths[0]).num_rows == 1  # one spool row: one block of 12
-    config = ActorConfig(urls=(space.url,), concurrency=3, adaptive=False, timeouts=TIMEOUTS)
+    config = ActorConfig(client=ClientSettings(urls=(space.url,), timeouts=TIMEOUTS),
+                         batch=BatchSettings(concurrency=3, adaptive=False))
 
     def first_five() -> tuple[int, int]:
         ok = 0

@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 from fake_space_process import FakeSpaceProcess, fake_space_process
+from run_options import changed, run_options
 
-from pipeline.app import RunOptions, run
+from pipeline.app import run
 from pipeline.client import Timeouts
 from pipeline.fake_space import FakeSpaceConfig, fake_answer, run_fake_space
 from pipeline.jsonl import iter_jsonl_records
@@ -93,16 +94,16 @@ async def test_a_batch_on_ray_gives_the_local_engines_records(tmp_path: Path,
     write_input(tmp_path / "in.jsonl", rows, messy=True)
     config = FakeSpaceConfig(gradio_major=4, latency=0.3, chunks=3, heartbeat_interval=0.2)
     async with run_fake_space(config) as space:
-        base = RunOptions(input=str(tmp_path / "in.jsonl"), output="", errors="",
+        base = run_options(input=str(tmp_path / "in.jsonl"), output="", errors="",
                           spec=RowSpec(keep=("n",)), urls=(space.url,), progress=False,
                           concurrency=4, adaptive=False, max_attempts=2,
-                          retry_base_delay=0.01, retry_max_delay=0.02,
+                          base_delay=0.01, max_delay=0.02,
                           timeouts=Timeouts(connect=5, read=10, idle=5, total=30))
         local = await run(replace(base, output=str(tmp_path / "local.jsonl"),
                                   errors=str(tmp_path / "local.errors.jsonl")))
         local_peak = space.space.stats.max_running
         space.space.stats.max_running = 0
-        on_ray = await run(replace(base, engine="ray", actors=2, per_actor_concurrency=2,
+        on_ray = await run(changed(base, kind="ray", actors=2, per_actor_concurrency=2,
                                    output=str(tmp_path / "ray.jsonl"),
                                    errors=str(tmp_path / "ray.errors.jsonl")))
         ray_peak = space.space.stats.max_running

@@ -10,21 +10,20 @@ from pathlib import Path
 
 import click
 import pytest
+from run_options import run_options
 
-from pipeline.app import RunOptions, run
+from pipeline.app import run
 from pipeline.cli import main
-from pipeline.client import Timeouts
 from pipeline.engines import ENGINES, EngineOptions, Rows, open_engine
 from pipeline.errors import ConfigError
 from pipeline.models import Failure, Result
 from pipeline.runner import BatchSettings, BatchState
+from pipeline.settings import ClientSettings, EngineSettings
 
 
 def engine_options(engine: str) -> EngineOptions:
-    return EngineOptions(engine=engine, urls=("http://127.0.0.1:9",), timeouts=Timeouts(),
-                         proxy=None, hf_token=None, ca_bundle=None, max_response_chars=None,
-                         output="out.jsonl", concurrency=4, actors=2, per_actor_concurrency=None,
-                         ray_address=None)
+    return EngineOptions(engine=EngineSettings(kind=engine),
+                         client=ClientSettings(urls=("http://127.0.0.1:9",)), output="out.jsonl")
 
 
 def test_the_command_line_offers_exactly_the_package_engines() -> None:
@@ -60,12 +59,13 @@ async def test_run_hands_its_engine_options_to_an_engine_it_is_given(tmp_path: P
 
         yield results()
 
-    options = RunOptions(input=str(source), output=str(tmp_path / "out.jsonl"),
+    options = run_options(input=str(source), output=str(tmp_path / "out.jsonl"),
                          errors=str(tmp_path / "errors.jsonl"), urls=("http://127.0.0.1:9",),
-                         hf_token="hf_secret_token", progress=False, engine="ray", actors=3)
+                         hf_token="hf_secret_token", progress=False, kind="ray", actors=3)
     outcome = await run(options, engine=failing)
     assert outcome.exit_code == 3 and outcome.summary.failed == 3
     [given] = seen
-    assert (given.engine, given.output, given.actors, given.hf_token) == \
+    assert (given.engine.kind, given.output, given.engine.actors, given.client.hf_token) == \
         ("ray", options.output, 3, "hf_secret_token")
+    assert given.engine is options.engine and given.client is options.client
     assert "hf_secret_token" not in repr(given)

@@ -59,7 +59,7 @@ def test_applying_the_diffs_reproduces_process_completed(stream: CapturedStream,
             state = data
         else:
             before = copy.deepcopy(state)
-            new_state = [apply_diff(value, edits) for value, edits in zip(state, data)]
+            new_state = [apply_diff(value, edits) for value, edits in zip(state, data, strict=True)]
             assert state == before  # applied on a copy: the previous value is untouched
             state = new_state
     final = completed_ok(messages)["output"]["data"]

@@ -100,6 +100,35 @@ def test_dataset_is_read_batch_by_batch_not_whole(tmp_path: Path) -> None:
     assert sum(1 for _ in items) == 7999
 
 
+def test_a_dataset_file_of_one_big_row_group_is_read_page_by_page(tmp_path: Path) -> None:
+    """pyarrow's writer makes one row group per file by default: the reader must not hold it."""
+    root = tmp_path / "one-group"
+    (root / "lang=en").mkdir(parents=True)
+    rows = 6000  # x 2 KB = 12 MB in one row group
+    pq.write_table(pa.table({"prompt": [f"{i}-" + "x" * 2000 for i in range(rows)]}),
+                   root / "lang=en" / "part-0.parquet", row_group_size=rows)
+    items = read_records(str(root), batch_size=100)
+    before = pa.total_allocated_bytes()
+    first = next(items)
+    assert isinstance(first, RawRecord) and first.values == {"prompt": "0-" + "x" * 2000,
+                                                             "lang": "en"}
+    assert pa.total_allocated_bytes() - before < 4 << 20  # a few pages, not the 12 MB group
+    rest = list(items)
+    assert len(rest) == rows - 1 and all(isinstance(r, RawRecord) for r in rest)
+    assert rest[-1].values["prompt"].startswith(f"{rows - 1}-")
+    assert rest[-1].location.endswith(f"part-0.parquet row {rows - 1}")
+
+
+def test_a_dataset_file_without_a_column_gives_none_for_it(tmp_path: Path) -> None:
+    root = tmp_path / "uneven"
+    (root / "year=2024").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": ["a"], "topic": ["t"]}), root / "year=2024" / "a.parquet")
+    pq.write_table(pa.table({"prompt": ["b"]}), root / "year=2024" / "b.parquet")
+    values = [r.values for r in read_records(str(root)) if isinstance(r, RawRecord)]
+    assert values == [{"prompt": "a", "topic": "t", "year": 2024},
+                      {"prompt": "b", "topic": None, "year": 2024}]
+
+
 def test_a_directory_without_parquet_files_is_a_file_error(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no Parquet files"):
         read_records(str(tmp_path))

@@ -32,14 +32,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Plain data and the one exception tree: the words every layer speaks.
     ("data", ("errors", "models")),
     # No I/O: bytes, text and records in, values out.
-    ("pure", ("sse", "gradio", "space_config", "hf_status", "retry", "prompts", "durations", "clock",
-              "digests", "rowspec", "batching")),
+    ("pure", ("sse", "gradio", "space_config", "hf_status", "retry", "prompts", "durations",
+              "clock", "digests", "rowspec", "batching", "settings")),
     # The only modules that touch the network (aiohttp), and the secrets it carries.
     ("transport", ("client", "http_errors", "provider", "sessions", "proxies", "redaction")),
     # Rows to results: planning, concurrency, retries, endpoints, the stop switch.
     ("batch", ("runner", "limits", "endpoints", "jobs", "watchdog")),
     # Input and output files, their formats, locks and memory.
-    ("files", ("readers", "readers_arrow", "records", "errorlog", "lock", "jsonl", "writers",
+    ("files", ("atomic", "readers", "readers_arrow", "records", "errorlog", "lock", "jsonl", "writers",
                "parquet_output", "parquet_order", "parquet_types", "partitioned", "alloc",
                "columns", "provenance", "sort")),
     # What runs the planned rows through the batch core (a package: every submodule).

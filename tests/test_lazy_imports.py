@@ -18,13 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_IN_CHILD = textwrap.dedent("""
     import asyncio, json, sys
     from pipeline.app import RunOptions, run
-    from pipeline.client import Timeouts
+    from pipeline.settings import ClientSettings, Timeouts
     from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 
     async def main(source, output, errors):
         async with run_fake_space(FakeSpaceConfig(gradio_major=4, latency=0.0, chunks=2)) as space:
-            options = RunOptions(input=source, output=output, errors=errors, urls=(space.url,),
-                                 progress=False, timeouts=Timeouts(connect=5, read=5, total=20))
+            client = ClientSettings(urls=(space.url,), timeouts=Timeouts(connect=5, read=5, total=20))
+            options = RunOptions(input=source, output=output, errors=errors, client=client,
+                                 progress=False)
             return (await run(options)).exit_code
 
     code = asyncio.run(main(*sys.argv[1:4]))

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from run_options import run_options
 
 from pipeline.app import RunOptions, run
 from pipeline.client import Timeouts
@@ -67,7 +68,7 @@ def input_table(n: int = 6) -> pa.Table:
 
 
 def options(source: Path, out: Path, space: RunningFakeSpace, **extra: Any) -> RunOptions:
-    return RunOptions(input=str(source), output=str(out), errors=str(out) + ".errors.jsonl",
+    return run_options(input=str(source), output=str(out), errors=str(out) + ".errors.jsonl",
                       urls=(space.url,), progress=False, spec=RowSpec(keep=KEEP),
                       timeouts=Timeouts(connect=5, read=5, total=20), **extra)
 

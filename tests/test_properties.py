@@ -351,10 +351,8 @@ def wrap(leaf: Any, path: list[Any], filler: Any) -> Any:
     """A structure holding ``leaf`` at ``path`` (int keys make lists, str keys dicts)."""
     value = leaf
     for key in reversed(path):
-        if isinstance(key, int):
-            value = [filler] * key + [value] + [filler]
-        else:
-            value = {key: value, key + "~": filler}
+        value = ([*[filler] * key, value, filler] if isinstance(key, int)
+                 else {key: value, key + "~": filler})
     return value
 
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import alloc
 from pipeline.alloc import use_system_arrow_pool
 from pipeline.errors import InputError, InputFileError
 from pipeline.models import RawRecord
@@ -224,6 +225,8 @@ def test_parquet_is_read_page_by_page_with_the_system_allocator(
 ) -> None:
     monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
     use_system_arrow_pool.cache_clear()  # switched once per process: make this call the first
+    monkeypatch.setattr(alloc, "_system_arrow_pool_wanted", False)
+    alloc.prefer_system_arrow_pool()  # as the run command does
     path = str(tmp_path / "in.parquet")
     pq.write_table(pa.table({"prompt": ["a", "b"]}), path)
     opened: list[dict[str, Any]] = []

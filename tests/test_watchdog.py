@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from run_options import run_options
 
 from pipeline.app import EXIT_ENDPOINT_DOWN, EXIT_OK, RunOptions, run, watchdog_window
 from pipeline.client import GradioQueueClient, Timeouts
@@ -37,9 +38,9 @@ def _options(tmp_path: Path, url: str, prompts: list[str], **extra: Any) -> RunO
     settings: dict[str, Any] = {
         "input": str(source), "output": str(tmp_path / "out.jsonl"),
         "errors": str(tmp_path / "out.errors.jsonl"), "urls": (url,), "concurrency": 4,
-        "timeouts": TIMEOUTS, "progress": False, "retry_base_delay": 0.01,
-        "retry_max_delay": 0.05, **extra}
-    return RunOptions(**settings)
+        "timeouts": TIMEOUTS, "progress": False, "base_delay": 0.01,
+        "max_delay": 0.05, **extra}
+    return run_options(**settings)
 
 
 def _plant_bug(monkeypatch: pytest.MonkeyPatch, *, stubborn: bool) -> None:
@@ -91,7 +92,7 @@ async def test_steady_progress_keeps_the_watchdog_quiet(
 def test_the_default_window_outlasts_every_legitimate_wait() -> None:
     # An attempt (900 s), a server's Retry-After (up to 300 s), a probe cooldown (60 s)
     # chained: three times the longest of them.
-    assert watchdog_window(RunOptions(input="i", output="o", errors="e")) == 3 * 900.0
-    slow = RunOptions(input="i", output="o", errors="e", rate=0.0001)
+    assert watchdog_window(run_options(input="i", output="o", errors="e")) == 3 * 900.0
+    slow = run_options(input="i", output="o", errors="e", rate=0.0001)
     assert watchdog_window(slow) == 3 * 10_000.0
-    assert watchdog_window(RunOptions(input="i", output="o", errors="e", watchdog=7.0)) == 7.0
+    assert watchdog_window(run_options(input="i", output="o", errors="e", watchdog=7.0)) == 7.0

@@ -46,8 +46,8 @@ def open_engine(
     stop: asyncio.Event,
     state: BatchState,
 ) -> AbstractAsyncContextManager[AsyncIterator[Result]]:
-    """The results of ``rows`` on ``options.engine``; ConfigError for an unknown engine."""
-    engine = options.engine
+    """The results of ``rows`` on ``options.engine.kind``; ConfigError for an unknown engine."""
+    engine = options.engine.kind
     if engine == "local":
         from .local import open_local
 

@@ -39,20 +39,20 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 import pyarrow as pa
 
-from pipeline.client import GradioQueueClient, Timeouts
+from pipeline.client import GradioQueueClient
 from pipeline.endpoints import EndpointPool
 from pipeline.errors import EndpointDownError
 from pipeline.limits import AdaptiveLimit, RateLimiter
 from pipeline.models import Failure, PromptRow
-from pipeline.retry import RetryPolicy
-from pipeline.runner import DEFAULT_MODEL, BatchSettings, BatchState, run_batch
+from pipeline.runner import BatchState, run_batch
 from pipeline.sessions import open_session
+from pipeline.settings import BatchSettings, ClientSettings
 
 from .actor_pool import ActorPool
 from .codec import Kind, decode_row, dumps, encode_result
@@ -75,45 +75,26 @@ RESULT_SCHEMA = pa.schema([
 class ActorConfig:
     """Everything an actor needs; plain data, pickled to each actor once.
 
-    ``concurrency`` and ``rate`` are *per actor*. ``deadline_at`` is a wall-clock
-    time (``time.time()``): no request starts after it, those in flight get ``grace``
-    seconds. ``flush_rows`` and ``flush_interval`` say when a call yields a table.
-    ``driver_pid``, set only when the actors run on the driver's machine (a private
-    Ray), makes them stop the moment the driver ends (:mod:`.stream`). The token and
-    proxy are kept out of the repr (Ray may print it).
+    ``client`` and ``batch`` are the run's own settings, except that the batch's
+    ``concurrency`` and ``rate`` are *per actor* (see
+    :func:`~pipeline.engines.distributed.actor_config`) and its relative ``deadline`` is
+    unused: ``deadline_at`` is a wall-clock time (``time.time()``), after which no request
+    starts; those in flight get ``batch.grace`` seconds. The token and proxy stay out
+    of the repr (Ray may print it): :class:`~pipeline.settings.ClientSettings` hides them.
     """
 
-    urls: tuple[str, ...]
-    concurrency: int = 4
-    adaptive: bool = True
-    rate: float | None = None
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    max_response_chars: int | None = None
-    max_attempts: int = 4
-    retry_base_delay: float = 1.0
-    retry_max_delay: float = 60.0
-    samples: int = 1
-    model: str = DEFAULT_MODEL
-    max_consecutive_failures: int = 20
-    min_chars: int = 1
+    client: ClientSettings
+    batch: BatchSettings = field(default_factory=BatchSettings)
     deadline_at: float | None = None
-    grace: float = 60.0
-    max_outage: float = 600.0
-    connect_grace: float = 60.0
-    failure_threshold: int = 5
-    probe_cooldown: float = 2.0
     flush_rows: int | None = None
+    """internal: a call yields a table once this many results wait (see rows_per_flush)."""
     flush_interval: float = 0.5
+    """internal: ... or this many seconds after the last table, if anything waits."""
     driver_pid: int | None = None
-    proxy: str | None = field(default=None, repr=False)
-    hf_token: str | None = field(default=None, repr=False)
-    ca_bundle: str | None = None
+    """internal: set only when the actors run on the driver's machine (a private Ray); they
+    stop the moment the driver ends (:mod:`.stream`)."""
 
     def __post_init__(self) -> None:
-        if not self.urls:
-            raise ValueError("at least one endpoint URL is needed")
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
         if self.flush_rows is not None and self.flush_rows < 1:
             raise ValueError("flush_rows must be at least 1")
         if self.flush_interval <= 0:
@@ -127,7 +108,7 @@ class ActorConfig:
         window keeps that under 1.5 windows, while a table (one Ray block, a few
         milliseconds of bookkeeping) still carries several rows at high concurrency.
         """
-        return self.flush_rows or max(1, self.concurrency // 2)
+        return self.flush_rows or max(1, self.batch.concurrency // 2)
 
 
 _Row = tuple[Kind, str, str | None, int | None]
@@ -178,8 +159,8 @@ class PromptBatchCallable:
         self.config = config
         self.actor_id = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.state = BatchState()
-        self.limit = AdaptiveLimit(config.concurrency, adaptive=config.adaptive)
-        self._rate = RateLimiter(config.rate)
+        self.limit = AdaptiveLimit(config.batch.concurrency, adaptive=config.batch.adaptive)
+        self._rate = RateLimiter(config.batch.rate)
         self._gate = asyncio.Event()
         self._gate.set()
         self._setup = asyncio.Lock()
@@ -192,36 +173,27 @@ class PromptBatchCallable:
     async def _ready(self) -> EndpointPool:
         async with self._setup:
             if self._pool is None:
-                cfg = self.config
+                reach, batch = self.config.client, self.config.batch
                 self._loop = asyncio.get_running_loop()
-                self._session = open_session(cfg.ca_bundle)
+                self._session = open_session(reach.ca_bundle)
                 # Each actor lists the endpoints from another start, so that their first
                 # requests (equal scores) do not all go to the first URL.
-                shift = uuid.uuid4().int % len(cfg.urls)
-                urls = cfg.urls[shift:] + cfg.urls[:shift]
+                shift = uuid.uuid4().int % len(reach.urls)
+                urls = reach.urls[shift:] + reach.urls[:shift]
                 self._clients = [
-                    GradioQueueClient(url, session=self._session, proxy=cfg.proxy,
-                                      hf_token=cfg.hf_token, timeouts=cfg.timeouts,
-                                      max_answer_chars=cfg.max_response_chars)
+                    GradioQueueClient(url, session=self._session, proxy=reach.proxy,
+                                      hf_token=reach.hf_token, timeouts=reach.timeouts,
+                                      max_answer_chars=reach.max_response_chars)
                     for url in urls]
                 self._pool = ActorPool(
                     self._clients, self.limit, self._rate, self._gate,
-                    failure_threshold=cfg.failure_threshold, cooldown=cfg.probe_cooldown,
-                    max_outage=cfg.max_outage, connect_grace=cfg.connect_grace)
+                    failure_threshold=batch.failure_threshold, cooldown=batch.probe_cooldown,
+                    max_outage=batch.max_outage, connect_grace=batch.connect_grace)
             return self._pool
 
     def settings(self, deadline: float | None) -> BatchSettings:
         """The run_batch settings of one batch; the limit and rate live in the actor's pool."""
-        cfg = self.config
-        return BatchSettings(
-            concurrency=cfg.concurrency,
-            policy=RetryPolicy(max_attempts=cfg.max_attempts, base_delay=cfg.retry_base_delay,
-                               max_delay=cfg.retry_max_delay),
-            samples=cfg.samples, rate=None, model=cfg.model,
-            max_consecutive_failures=cfg.max_consecutive_failures, adaptive=False,
-            min_chars=cfg.min_chars, deadline=deadline, grace=cfg.grace,
-            failure_threshold=cfg.failure_threshold, probe_cooldown=cfg.probe_cooldown,
-            max_outage=cfg.max_outage, connect_grace=cfg.connect_grace)
+        return replace(self.config.batch, rate=None, adaptive=False, deadline=deadline)
 
     async def __call__(self, batch: pa.Table) -> AsyncGenerator[pa.Table, None]:
         """Yield the results of ``batch`` in tables as they come (see the module docstring)."""
@@ -265,7 +237,7 @@ class PromptBatchCallable:
             log.exception("actor %s: unexpected error in a batch", self.actor_id)
             failed: list[_Row] = []
             for row in rows:
-                for sample in row.samples or range(self.config.samples):
+                for sample in row.samples or range(self.config.batch.samples):
                     if (row.id, sample) not in answered:
                         failure = Failure(row.id, row.position, "internal",
                                           f"{type(exc).__name__}: {exc}", 0, row=row,

@@ -1,7 +1,7 @@
 """What every engine is given: the planned rows, and the part of the run's options it reads.
 
-The driver (:mod:`pipeline.app`) builds :class:`EngineOptions` from its own options and
-hands them down, so no engine imports the driver. An :data:`Engine` is anything
+The driver (:mod:`pipeline.app`) hands its settings objects down in :class:`EngineOptions`,
+so no engine imports the driver. An :data:`Engine` is anything
 called like :func:`pipeline.engines.open_engine`: the built-in ones are chosen by name,
 and a caller of :func:`pipeline.app.run` may pass another (a test double, say).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.client import Timeouts
 from pipeline.models import Failure, PromptRow, Result
-from pipeline.runner import BatchSettings, BatchState
+from pipeline.runner import BatchState
+from pipeline.settings import BatchSettings, ClientSettings, EngineSettings
 
 Rows = Iterable[PromptRow | Failure]
 """The planned rows, input failures among them (they pass straight through)."""
@@ -23,26 +23,18 @@ Rows = Iterable[PromptRow | Failure]
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """The run's options that an engine reads (the batch itself comes as ``BatchSettings``).
+    """What an engine reads besides the batch's own :class:`BatchSettings`.
 
-    No defaults: the driver fills every field from its own options, whose defaults
-    are the only ones.
+    No defaults: the driver passes its own settings objects, whose defaults are the only
+    ones (:mod:`pipeline.settings`). All of it is plain data and picklable.
     """
 
-    engine: str
-    """``local`` or ``ray``: which engine :func:`pipeline.engines.open_engine` opens."""
-    urls: tuple[str, ...]
-    timeouts: Timeouts
-    proxy: str | None = field(repr=False)
-    hf_token: str | None = field(repr=False)
-    ca_bundle: str | None
-    max_response_chars: int | None
+    engine: EngineSettings
+    """Which engine (``engine.kind``) and its layout: address, actors, per-actor limit."""
+    client: ClientSettings
+    """How each engine's clients reach the endpoints."""
     output: str
     """Where the driver writes (distributed engines spool beside it)."""
-    concurrency: int
-    actors: int
-    per_actor_concurrency: int | None
-    ray_address: str | None
 
 
 Engine = Callable[

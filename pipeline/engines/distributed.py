@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -248,8 +248,8 @@ async def open_distributed(
 
     async def results() -> AsyncGenerator[Result, None]:
         nonlocal started
-        limit = ActorsLimit(actors, config.concurrency, adaptive)
-        pool = _pool_view(config.urls)
+        limit = ActorsLimit(actors, config.batch.concurrency, adaptive)
+        pool = _pool_view(config.client.urls)
         state.limit, state.pool = limit, pool
         # 1. Plan: bad input now, the rows to do into the spool (the file is read here, as
         #    on the local engine, so positions, duplicates and resume are the same).
@@ -286,7 +286,7 @@ async def open_distributed(
         seen = KeySet()
         finished = 0
         down: str | None = None
-        end_by = (config.deadline_at + config.grace + DEADLINE_SLACK
+        end_by = (config.deadline_at + config.batch.grace + DEADLINE_SLACK
                   if config.deadline_at is not None else None)
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -349,30 +349,13 @@ async def open_distributed(
             shutil.rmtree(os.path.dirname(spool.directory), ignore_errors=True)
 
 
-def per_actor_concurrency(options: EngineOptions) -> int:
-    """``--per-actor-concurrency``, else ``--concurrency`` shared out among the actors."""
-    if options.per_actor_concurrency:
-        return options.per_actor_concurrency
-    return max(1, options.concurrency // max(1, options.actors))
-
-
 def actor_config(options: EngineOptions, settings: BatchSettings, per_actor: int) -> ActorConfig:
     """What every actor gets: the run's settings, with the rate shared out among the actors."""
-    actors = max(1, options.actors)
-    return ActorConfig(
-        urls=tuple(options.urls), concurrency=per_actor, adaptive=settings.adaptive,
-        rate=settings.rate / actors if settings.rate else None, timeouts=options.timeouts,
-        max_response_chars=options.max_response_chars, max_attempts=settings.policy.max_attempts,
-        retry_base_delay=settings.policy.base_delay, retry_max_delay=settings.policy.max_delay,
-        samples=settings.samples, model=settings.model,
-        max_consecutive_failures=settings.max_consecutive_failures,
-        min_chars=settings.min_chars,
-        deadline_at=time.time() + settings.deadline if settings.deadline is not None else None,
-        grace=settings.grace, max_outage=settings.max_outage,
-        connect_grace=settings.connect_grace, ca_bundle=options.ca_bundle,
-        failure_threshold=settings.failure_threshold, probe_cooldown=settings.probe_cooldown,
-        proxy=options.proxy, hf_token=options.hf_token,
-    )
+    actors = max(1, options.engine.actors)
+    batch = replace(settings, concurrency=per_actor,
+                    rate=settings.rate / actors if settings.rate else None, deadline=None)
+    deadline_at = time.time() + settings.deadline if settings.deadline is not None else None
+    return ActorConfig(client=options.client, batch=batch, deadline_at=deadline_at)
 
 
 @contextlib.asynccontextmanager
@@ -381,9 +364,9 @@ async def open_executor(
     stop: asyncio.Event, state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """:func:`open_distributed` with everything taken from the run's options and settings."""
-    per_actor = per_actor_concurrency(options)
+    per_actor = options.engine.per_actor(settings.concurrency)
     async with open_distributed(executor, actor_config(options, settings, per_actor), rows,
                                 output=options.output, samples=settings.samples, stop=stop,
-                                state=state, actors=options.actors,
+                                state=state, actors=options.engine.actors,
                                 adaptive=settings.adaptive) as results:
         yield results

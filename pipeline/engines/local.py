@@ -20,11 +20,12 @@ async def open_local(
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """One pooled session and a client per endpoint for the run; yields run_batch's results."""
-    async with open_session(options.ca_bundle) as session:
-        clients = [GradioQueueClient(url, session=session, proxy=options.proxy,
-                                     hf_token=options.hf_token, timeouts=options.timeouts,
-                                     max_answer_chars=options.max_response_chars)
-                   for url in options.urls]
+    reach = options.client
+    async with open_session(reach.ca_bundle) as session:
+        clients = [GradioQueueClient(url, session=session, proxy=reach.proxy,
+                                     hf_token=reach.hf_token, timeouts=reach.timeouts,
+                                     max_answer_chars=reach.max_response_chars)
+                   for url in reach.urls]
         try:
             yield run_batch(rows, clients, settings, stop=stop, state=state)
         finally:

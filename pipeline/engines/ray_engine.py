@@ -41,7 +41,7 @@ from pipeline.runner import BatchSettings, BatchState
 
 from .actor import ActorConfig
 from .base import EngineOptions, Rows
-from .distributed import Spool, open_executor, per_actor_concurrency
+from .distributed import Spool, open_executor
 from .stream import StreamingCallable, unpack
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ async def open_ray(
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """The Ray engine's results of ``rows`` (see the module docstring)."""
     require_ray()
-    executor = RayExecutor(address=options.ray_address, actors=options.actors,
-                           per_actor=per_actor_concurrency(options),
+    executor = RayExecutor(address=options.engine.address, actors=options.engine.actors,
+                           per_actor=options.engine.per_actor(settings.concurrency),
                            verbose=logging.getLogger().getEffectiveLevel() <= logging.INFO,
                            worker_logs=options.output != "-")
     async with open_executor(executor, options, rows, settings, stop, state) as results:
