@@ -19,12 +19,12 @@ run: ``EndpointDownError`` naming each URL and its cause.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from .clock import LOOP_CLOCK, Clock, wait_event
 from .errors import (
     AccessDeniedError,
     ConnectError,
@@ -103,6 +103,54 @@ class Endpoint:
         return (self.in_flight + 1) * (self.ewma_ms or 1000.0)
 
 
+class Attempt:
+    """One request on one endpoint: ``async with pool.attempt() as attempt:``.
+
+    Entering takes the endpoint (and whatever else the pool holds for an attempt),
+    waiting while every circuit is open; the body sends the request through
+    :meth:`complete`; leaving gives everything back exactly once, with the verdict:
+    released with the body's error (or None), or abandoned when the body was
+    cancelled. When the error was the endpoint's alone (never reached),
+    :attr:`not_reached` is True and the error still propagates. An attempt is entered
+    once; there is no other way to take an endpoint for a request, so none to forget
+    to give it back.
+    """
+
+    __slots__ = ("_pool", "_stage", "duration_ms", "endpoint", "not_reached", "queue_rank")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self._pool = pool
+        self._stage = 0  # 0: new, 1: holding an endpoint, 2: ended
+        self.endpoint: Endpoint
+        self.duration_ms: float | None = None
+        self.queue_rank: int | None = None
+        self.not_reached = False
+        """Set when the attempt failed only because the endpoint was never reached."""
+
+    async def __aenter__(self) -> Attempt:
+        if self._stage:
+            raise RuntimeError("an attempt is entered once")
+        self.endpoint = await self._pool._begin_attempt()
+        self._stage = 1
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        tb: object) -> None:
+        if self._stage != 1:
+            raise RuntimeError("an attempt ends once, after it began")
+        self._stage = 2
+        self._pool._end_attempt(self, error)
+
+    async def complete(self, prompt: str, system: str | None, trace: RequestTrace) -> Completion:
+        """Send the request; ``trace`` is read for the verdict whether it answers or not."""
+        try:
+            completion = await self.endpoint.completer.complete(prompt, system, trace=trace)
+        finally:
+            self.duration_ms = trace.duration_ms
+        self.queue_rank = completion.trace.queue_rank
+        return completion
+
+
 _DEFAULTS = BatchSettings()
 
 MAX_COOLDOWN = 60.0
@@ -122,6 +170,7 @@ class EndpointPool:
         max_cooldown: float = MAX_COOLDOWN,
         max_outage: float = _DEFAULTS.max_outage,
         connect_grace: float = _DEFAULTS.connect_grace,
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         if not completers:
             raise ValueError("at least one endpoint is needed")
@@ -133,17 +182,21 @@ class EndpointPool:
         self.max_cooldown = max_cooldown
         self.max_outage = max_outage
         self.connect_grace = connect_grace
+        self.clock = clock
         self._started: float | None = None
         self._changed = asyncio.Event()
 
     async def acquire(self) -> Endpoint:
-        """The endpoint for the next attempt; waits while every circuit is open."""
-        loop = asyncio.get_running_loop()
+        """The endpoint for the next attempt; waits while every circuit is open.
+
+        Every endpoint acquired must be given back once, by :meth:`release` or
+        :meth:`abandon`; an :meth:`attempt` does it in the right order.
+        """
         if self._started is None:
-            self._started = loop.time()
+            self._started = self.clock.now()
         started = self._started
         while True:
-            now = loop.time()
+            now = self.clock.now()
             closed = []
             for ep in self.endpoints:
                 if ep.state == "open" and now >= ep.open_until:
@@ -183,8 +236,36 @@ class EndpointPool:
             wake = min(wake, since + limit + 0.01)
             self._changed.clear()
             # A timeout here means it is time to probe (or to give up): loop and look again.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, wake - now))
+            await wait_event(self._changed, max(0.01, wake - now), self.clock)
+
+    def attempt(self) -> Attempt:
+        """A new attempt, to enter with ``async with`` (see :class:`Attempt`)."""
+        return Attempt(self)
+
+    async def _begin_attempt(self) -> Endpoint:
+        """What an :class:`Attempt` takes on entering: its endpoint.
+
+        A subclass that holds more for an attempt's length takes it here and gives it
+        back in :meth:`_end_attempt`, which the attempt calls exactly once after this
+        returned (and never if this raised).
+        """
+        return await self.acquire()
+
+    def _end_attempt(self, attempt: Attempt, error: BaseException | None) -> None:
+        """Give back what :meth:`_begin_attempt` took, with the verdict on the endpoint."""
+        if isinstance(error, asyncio.CancelledError):
+            self.abandon(attempt.endpoint)
+        else:
+            attempt.not_reached = self.release(attempt.endpoint, error, attempt.duration_ms)
+
+    def abandon(self, ep: Endpoint) -> None:
+        """An attempt on ``ep`` was cancelled: give its place back, no verdict on its health.
+
+        If it was the probe of an open circuit, the next attempt probes instead.
+        """
+        ep.in_flight -= 1
+        ep.probing = False
+        self._changed.set()
 
     def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> bool:
         """Report how an attempt on ``ep`` ended.
@@ -215,7 +296,7 @@ class EndpointPool:
         ep.failed += 1
         ep.failures += 1
         ep.last_error = f"{type(error).__name__}: {error}"
-        now = asyncio.get_running_loop().time()
+        now = self.clock.now()
         if kind == "gone":
             ep.state = "gone"
             log.error("endpoint %s is gone: %s", ep.url, error)
@@ -241,7 +322,7 @@ class EndpointPool:
         if not retryable:  # access denied, TLS: the next attempt meets the same refusal
             ep.state = "gone"
         elif ep.state != "open":  # one failure is enough to bench it: nothing ever worked
-            now = asyncio.get_running_loop().time()
+            now = self.clock.now()
             ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
             ep.state, ep.open_until = "open", now + ep.cooldown
             if ep.outage_since is None:

@@ -11,6 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from .clock import LOOP_CLOCK, Clock
+from .errors import HTTPStatusError, QueueFullError, ServerError, TimeoutError_
+
+
+def is_overload(error: BaseException) -> bool:
+    """Errors that mean "too much in flight": the adaptive limit is cut on these."""
+    if isinstance(error, (QueueFullError, TimeoutError_, ServerError)):
+        return True
+    return isinstance(error, HTTPStatusError) and error.status in (429, 502, 503, 504)
+
 
 class AdaptiveLimit:
     """An AIMD-sized semaphore with ``ceiling`` as its upper bound.
@@ -27,10 +37,12 @@ class AdaptiveLimit:
         decrease: float = 0.5,
         cooldown: float = 1.0,
         max_queue_rank: int = 0,
+        clock: Clock = LOOP_CLOCK,
     ) -> None:
         if ceiling < 1:
             raise ValueError("the concurrency ceiling must be at least 1")
         self.ceiling = ceiling
+        self.clock = clock
         self.adaptive = adaptive
         self._limit = float(ceiling)
         self._decrease = decrease
@@ -54,7 +66,7 @@ class AdaptiveLimit:
         return self._in_use
 
     def _now(self) -> float:
-        now = asyncio.get_running_loop().time()
+        now = self.clock.now()
         if self._start is None:
             self._start = now
         return now
@@ -102,6 +114,14 @@ class AdaptiveLimit:
     async def __aexit__(self, *exc: object) -> None:
         self.release()
 
+    def adapt(self, error: BaseException | None, queue_rank: int | None = None) -> None:
+        """Follow how a request ended: cut on an overload error, grow on an answer
+        (``error`` None) that did not queue; other errors leave the level alone."""
+        if error is None:
+            self.on_success(queue_rank)
+        elif is_overload(error):
+            self.on_overload()
+
     def on_success(self, queue_rank: int | None) -> None:
         """A request succeeded; grow by about one per window if it did not queue."""
         if not self.adaptive or self._limit >= self.ceiling:
@@ -129,16 +149,16 @@ class AdaptiveLimit:
 class RateLimiter:
     """Spaces request starts at least ``1/rate`` seconds apart (None: no cap)."""
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, clock: Clock = LOOP_CLOCK) -> None:
         self._interval = 1.0 / rate if rate else 0.0
-        self._next = 0.0
+        self._next: float | None = None
+        self.clock = clock
 
     async def wait(self) -> None:
         if not self._interval:
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        start = max(now, self._next)
+        now = self.clock.now()
+        start = now if self._next is None else max(now, self._next)
         self._next = start + self._interval
         if start > now:
-            await asyncio.sleep(start - now)
+            await self.clock.sleep(start - now)

@@ -174,3 +174,11 @@ def test_parquet_memory_probe_and_output_check(tmp_path: Path) -> None:
     pq.write_table(pa.table({"position": [0, 2, 1], "prompt": prompts,
                              "completion": [f"Echo: {p}\nSystem: s" for p in prompts]}), out)
     assert not common._check_parquet(out, 3)["checked"]
+
+
+def test_runner_overhead_measures_every_job(capsys: pytest.CaptureFixture[str]) -> None:
+    import runner_overhead
+
+    assert runner_overhead.main(["--jobs", "300", "--concurrency", "4", "--repeats", "1"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert list(figures) == ["cpu_us_per_job_c4"] and figures["cpu_us_per_job_c4"] > 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from typing import Any
 
 import pytest
+from fake_clock import FakeClock, settle
 
 from pipeline.endpoints import EndpointPool, endpoint_failure
 from pipeline.errors import (
@@ -44,8 +45,8 @@ def down() -> TransportError:
     return TransportError("cannot connect: refused")
 
 
-def pool_of(*urls: str, **kwargs: float) -> EndpointPool:
-    return EndpointPool([Stub(u) for u in urls], **kwargs)  # type: ignore[arg-type]
+def pool_of(*urls: str, **kwargs: Any) -> EndpointPool:
+    return EndpointPool([Stub(u) for u in urls], **kwargs)
 
 
 async def fail(pool: EndpointPool, n: int, error: BaseException | None = None) -> None:
@@ -160,17 +161,17 @@ async def test_queue_full_and_row_errors_never_open_the_breaker() -> None:
 
 
 async def test_half_open_sends_a_single_probe_and_its_success_closes() -> None:
-    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1)
+    clock = FakeClock()
+    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1, clock=clock)
     ep = pool.endpoints[0]
     await fail(pool, 2)
     assert ep.state == "open"
-    t0 = time.monotonic()
-    probe = await asyncio.wait_for(pool.acquire(), 2)
-    waited = time.monotonic() - t0
+    t0 = clock.now()
+    probe = await clock.run(pool.acquire())
     assert probe is ep and ep.state == "half_open" and ep.probing
-    assert 0.05 <= waited < 1.0
+    assert clock.now() - t0 == pytest.approx(0.1)  # the cooldown, to the tick
     others = [asyncio.create_task(pool.acquire()) for _ in range(3)]
-    await asyncio.sleep(0.3)  # well past the cooldown: still nothing beside the probe
+    await clock.advance(0.3)  # well past the cooldown: still nothing beside the probe
     assert not any(t.done() for t in others)
     assert ep.in_flight == 1
     pool.release(probe, None, 20.0)
@@ -180,37 +181,42 @@ async def test_half_open_sends_a_single_probe_and_its_success_closes() -> None:
 
 
 async def test_a_failed_probe_reopens_with_a_doubled_cooldown_up_to_the_cap() -> None:
-    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_cooldown=0.2)
+    clock = FakeClock()
+    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_cooldown=0.2, clock=clock)
     ep = pool.endpoints[0]
     await fail(pool, 1)
     assert ep.cooldown == 0.05
-    cooldowns = []
+    cooldowns: list[float] = []
+    waits: list[float] = []
     for _ in range(4):
-        probe = await asyncio.wait_for(pool.acquire(), 2)
+        t0 = clock.now()
+        probe = await clock.run(pool.acquire())
+        waits.append(round(clock.now() - t0, 9))
         assert ep.state == "half_open"
         pool.release(probe, down(), None)
         assert ep.state == "open"
         cooldowns.append(ep.cooldown)
     assert cooldowns == [0.1, 0.2, 0.2, 0.2]
-    loop = asyncio.get_running_loop()
-    assert ep.open_until == pytest.approx(loop.time() + 0.2, abs=0.05)
+    assert waits == [0.05, 0.1, 0.2, 0.2]  # each probe waits out the cooldown before it
+    assert ep.open_until == pytest.approx(clock.now() + 0.2)
 
 
 async def test_late_failures_of_requests_sent_before_the_circuit_opened_do_not_stretch_it(
 ) -> None:
     # Ten requests in flight when the endpoint dies: all ten fail. The circuit opens at
     # the threshold; the rest are the same outage, not failed probes.
-    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1)
+    clock = FakeClock()
+    pool = pool_of("http://a", failure_threshold=2, cooldown=0.1, clock=clock)
     ep = pool.endpoints[0]
     attempts = [await pool.acquire() for _ in range(10)]
     for got in attempts:
         pool.release(got, down(), None)
     assert ep.state == "open" and ep.failed == 10
     assert ep.cooldown == 0.1
-    t0 = time.monotonic()
-    probe = await asyncio.wait_for(pool.acquire(), 5)
+    t0 = clock.now()
+    probe = await clock.run(pool.acquire())
     assert probe is ep and ep.state == "half_open"
-    assert time.monotonic() - t0 < 2.0  # not 0.1 * 2**8 s
+    assert clock.now() - t0 == pytest.approx(0.1)  # not 0.1 * 2**8 s
 
 
 async def test_a_retry_after_hint_lengthens_the_cooldown() -> None:
@@ -221,7 +227,8 @@ async def test_a_retry_after_hint_lengthens_the_cooldown() -> None:
 
 
 async def test_gone_endpoints_are_never_used_again() -> None:
-    pool = pool_of("http://a", "http://b")
+    clock = FakeClock()
+    pool = pool_of("http://a", "http://b", clock=clock)
     a, b = pool.endpoints
     ep = await pool.acquire()
     assert ep is a
@@ -232,68 +239,154 @@ async def test_gone_endpoints_are_never_used_again() -> None:
         assert ep is b
         pool.release(ep, None, 1.0)
     pool.release(await pool.acquire(), SpaceUnavailableError("404", state="gone"), None)
-    t0 = time.monotonic()
     with pytest.raises(EndpointDownError, match="every endpoint is gone"):
-        await asyncio.wait_for(pool.acquire(), 1)
-    assert time.monotonic() - t0 < 0.1  # no waiting for what cannot come back
+        await clock.run(pool.acquire())
+    assert clock.sleeps == []  # no waiting for what cannot come back
 
 
 async def test_all_down_raises_after_max_outage_not_after_the_cooldown() -> None:
-    pool = pool_of("http://a", failure_threshold=1, cooldown=30.0, max_outage=0.4)
+    clock = FakeClock()
+    pool = pool_of("http://a", failure_threshold=1, cooldown=30.0, max_outage=0.4, clock=clock)
     await fail(pool, 1)
-    t0 = time.monotonic()
+    t0 = clock.now()
     with pytest.raises(EndpointDownError, match="no endpoint has worked"):
-        await asyncio.wait_for(pool.acquire(), 5)
-    waited = time.monotonic() - t0
-    assert 0.3 <= waited < 1.5
+        await clock.run(pool.acquire())
+    assert 0.4 < clock.now() - t0 < 0.5
 
 
 async def test_a_waiting_acquire_raises_too_when_the_outage_runs_out() -> None:
-    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=0.1, max_outage=0.6)
+    clock = FakeClock()
+    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=0.1, max_outage=0.6,
+                   clock=clock)
     await fail(pool, 2)  # both open
     assert [ep.state for ep in pool.endpoints] == ["open", "open"]
-    t0 = time.monotonic()
-    with pytest.raises(EndpointDownError):
-        while True:  # probes keep failing
-            ep = await asyncio.wait_for(pool.acquire(), 5)
-            await asyncio.sleep(0.01)
+    t0 = clock.now()
+    probes = 0
+
+    async def probes_keep_failing() -> None:
+        nonlocal probes
+        while True:
+            ep = await pool.acquire()
+            probes += 1
+            await clock.sleep(0.01)
             pool.release(ep, down(), None)
-    assert 0.5 <= time.monotonic() - t0 < 2.0
+
+    with pytest.raises(EndpointDownError):
+        await clock.run(probes_keep_failing())
+    assert 0.6 < clock.now() - t0 < 0.7
+    assert probes == 4  # a and b at 0.1 s, then again after their doubled cooldown (0.31 s)
 
 
 async def test_the_outage_counts_from_the_last_endpoint_that_worked() -> None:
     # a dies; b keeps working for a while, then dies too. The run may only give up
     # max_outage after b (the last one working) went out, not after a did.
-    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=30.0, max_outage=0.5)
+    clock = FakeClock()
+    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=30.0, max_outage=0.5,
+                   clock=clock)
     a, b = pool.endpoints
     b.ewma_ms = 10_000.0
     ep = await pool.acquire()
     assert ep is a
     pool.release(ep, down(), None)
     for _ in range(4):
-        await asyncio.sleep(0.1)
+        await clock.advance(0.1)
         ep = await pool.acquire()
         assert ep is b
         pool.release(ep, None, 10.0)
     ep = await pool.acquire()
     pool.release(ep, down(), None)  # b goes out 0.4 s after a
-    t0 = time.monotonic()
+    t0 = clock.now()
     with pytest.raises(EndpointDownError):
-        await asyncio.wait_for(pool.acquire(), 5)
-    assert time.monotonic() - t0 >= 0.4  # a full max_outage since b failed
+        await clock.run(pool.acquire())
+    assert 0.5 < clock.now() - t0 < 0.6  # a full max_outage since b failed
 
 
 async def test_a_successful_probe_ends_the_outage() -> None:
-    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_outage=1.0)
+    clock = FakeClock()
+    pool = pool_of("http://a", failure_threshold=1, cooldown=0.05, max_outage=1.0, clock=clock)
     ep = pool.endpoints[0]
     await fail(pool, 1)
-    probe = await asyncio.wait_for(pool.acquire(), 1)
+    probe = await clock.run(pool.acquire())
     pool.release(probe, None, 5.0)
     assert ep.outage_since is None and ep.state == "closed"
-    await asyncio.sleep(1.1)  # past the end the old outage would have had
+    await clock.advance(1.1)  # past the end the old outage would have had
     await fail(pool, 1)  # a new outage starts now
-    probe = await asyncio.wait_for(pool.acquire(), 1)  # a probe, not EndpointDownError
+    probe = await clock.run(pool.acquire())  # a probe, not EndpointDownError
     assert probe is ep and ep.state == "half_open"
+
+
+# -- an attempt, start to end ----------------------------------------------------------------------
+
+
+class Answering(Stub):
+    """A completer that answers, fails with ``error`` or waits for ``gate``."""
+
+    def __init__(self, url: str, error: BaseException | None = None,
+                 gate: asyncio.Event | None = None) -> None:
+        super().__init__(url)
+        self.error = error
+        self.gate = gate
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        assert trace is not None
+        if self.gate is not None:
+            await self.gate.wait()
+        trace.duration_ms = 40.0
+        if self.error is not None:
+            raise self.error
+        trace.queue_rank = 0
+        return Completion("answer", trace)
+
+
+async def test_an_attempt_releases_its_endpoint_with_the_outcome() -> None:
+    pool = EndpointPool([Answering("http://a")])
+    async with pool.attempt() as attempt:
+        completion = await attempt.complete("p", None, RequestTrace("h"))
+    ep = pool.endpoints[0]
+    assert completion.text == "answer" and attempt.queue_rank == 0 and not attempt.not_reached
+    assert ep.in_flight == 0 and ep.served == 1 and ep.ewma_ms == 40.0
+
+
+async def test_an_attempt_that_fails_is_released_with_its_error_and_says_if_never_reached(
+) -> None:
+    pool = EndpointPool([Answering("http://a", error=refused())], connect_grace=30.0)
+    with pytest.raises(ConnectError):
+        async with pool.attempt() as attempt:
+            await attempt.complete("p", None, RequestTrace("h"))
+    ep = pool.endpoints[0]
+    assert attempt.not_reached and ep.in_flight == 0 and ep.state == "open"
+    pool = EndpointPool([Answering("http://a", error=AppError("the app failed"))])
+    with pytest.raises(AppError):
+        async with pool.attempt() as attempt:
+            await attempt.complete("p", None, RequestTrace("h"))
+    assert not attempt.not_reached and pool.endpoints[0].reached
+
+
+async def test_a_cancelled_probe_gives_its_place_back_and_the_next_attempt_probes() -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+    pool = EndpointPool([Answering("http://a", gate=gate)], failure_threshold=1, cooldown=0.1,
+                        clock=clock)
+    ep = pool.endpoints[0]
+    await fail(pool, 1)
+
+    async def probe() -> None:
+        async with pool.attempt() as attempt:
+            await attempt.complete("p", None, RequestTrace("h"))
+
+    first = asyncio.create_task(probe())
+    await clock.advance(0.1)
+    assert ep.state == "half_open" and ep.probing and ep.in_flight == 1
+    waiting = asyncio.create_task(pool.acquire())  # no second probe while one is out
+    await settle()
+    assert not waiting.done()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert ep.state == "half_open"  # no verdict on the endpoint
+    got = await asyncio.wait_for(waiting, 1)  # the next attempt is the probe, at once
+    assert got is ep and ep.probing and ep.in_flight == 1
+    assert ep.failed == 1  # the cancelled probe was not counted as a failure
 
 
 # -- endpoints never reached in this run ---------------------------------------------------------
@@ -329,26 +422,34 @@ async def test_access_denied_or_tls_on_a_never_reached_endpoint_stops_at_once(
 
 
 async def test_never_reached_stops_after_the_connect_grace_not_the_max_outage() -> None:
-    pool = pool_of("http://a", connect_grace=0.05, max_outage=600.0, cooldown=0.01)
+    clock = FakeClock()
+    pool = pool_of("http://a", connect_grace=0.05, max_outage=600.0, cooldown=0.01, clock=clock)
+    t0 = clock.now()
     ep = await pool.acquire()
     pool.release(ep, refused(), None)
-    with pytest.raises(EndpointDownError) as info:
-        while True:  # probes keep failing until the grace runs out
-            ep = await asyncio.wait_for(pool.acquire(), 5)
+
+    async def probes_keep_failing() -> None:
+        while True:
+            ep = await pool.acquire()
             pool.release(ep, refused(), None)
+
+    with pytest.raises(EndpointDownError) as info:
+        await clock.run(probes_keep_failing())
     assert "http://a" in str(info.value) and "Connect call failed" in str(info.value)
+    assert 0.05 < clock.now() - t0 < 0.1  # the grace, far from the 600 s outage
 
 
 async def test_an_endpoint_that_answered_once_keeps_the_max_outage() -> None:
+    clock = FakeClock()
     pool = pool_of("http://a", connect_grace=0.01, max_outage=600.0, cooldown=0.01,
-                   failure_threshold=1)
+                   failure_threshold=1, clock=clock)
     ep = await pool.acquire()
     pool.release(ep, None, 5.0)
     assert ep.reached
     ep = await pool.acquire()
     assert pool.release(ep, refused(), None) is False  # now an outage: the row's attempt counts
-    await asyncio.sleep(0.05)  # past the grace
-    ep = await asyncio.wait_for(pool.acquire(), 1)  # still handed out (a probe), no EndpointDownError
+    await clock.advance(0.05)  # past the grace
+    ep = await clock.run(pool.acquire())  # still handed out (a probe), no EndpointDownError
     assert ep.url == "http://a"
 
 
@@ -360,16 +461,17 @@ async def test_any_answer_even_an_error_counts_as_reached() -> None:
 
 
 async def test_with_one_endpoint_reached_the_other_never_stops_the_run() -> None:
-    pool = pool_of("http://dead", "http://live", connect_grace=0.01, cooldown=0.01)
+    clock = FakeClock()
+    pool = pool_of("http://dead", "http://live", connect_grace=0.01, cooldown=0.01, clock=clock)
     first = await pool.acquire()
     second = await pool.acquire()
     dead, live = (first, second) if first.url == "http://dead" else (second, first)
     pool.release(live, None, 5.0)
     pool.release(dead, AccessDeniedError("HTTP 403", status=403), None)
     assert dead.state == "gone"
-    await asyncio.sleep(0.05)
+    await clock.advance(0.05)  # past the grace
     for _ in range(3):
-        ep = await asyncio.wait_for(pool.acquire(), 1)
+        ep = await clock.run(pool.acquire())
         assert ep.url == "http://live"
         pool.release(ep, None, 5.0)
 

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("errors", "models")),
     # No I/O: bytes, text and records in, values out.
     ("pure", ("sse", "gradio", "space_config", "hf_status", "retry", "prompts", "durations",
-              "digests", "rowspec", "batching", "settings")),
+              "clock", "digests", "rowspec", "batching", "settings")),
     # The only modules that touch the network (aiohttp), and the secrets it carries.
     ("transport", ("client", "http_errors", "provider", "sessions", "proxies", "redaction")),
     # Rows to results: planning, concurrency, retries, endpoints, the stop switch.

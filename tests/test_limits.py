@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from fake_clock import FakeClock, settle
 
-from pipeline.limits import AdaptiveLimit, RateLimiter
-
-
-async def settle() -> None:
-    """Let every ready task run a few steps."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+from pipeline.errors import (
+    AppError,
+    HTTPStatusError,
+    IdleTimeoutError,
+    QueueFullError,
+    ServerError,
+    TransportError,
+)
+from pipeline.limits import AdaptiveLimit, RateLimiter, is_overload
 
 
 async def holders(limit: AdaptiveLimit, n: int) -> tuple[list[asyncio.Task[None]], asyncio.Event]:
@@ -43,7 +45,7 @@ async def test_acquire_blocks_at_the_level_and_release_lets_the_next_in() -> Non
         await asyncio.wait_for(limit.acquire(), 1)
     assert limit.in_use == 3
     fourth = asyncio.create_task(limit.acquire())
-    await asyncio.sleep(0.05)
+    await settle()
     assert not fourth.done(), "a 4th acquire got past a limit of 3"
     limit.release()
     await asyncio.wait_for(fourth, 1)
@@ -51,7 +53,8 @@ async def test_acquire_blocks_at_the_level_and_release_lets_the_next_in() -> Non
 
 
 async def test_in_use_never_exceeds_the_level_under_contention() -> None:
-    limit = AdaptiveLimit(4)
+    clock = FakeClock()
+    limit = AdaptiveLimit(4, clock=clock)
     peak = 0
     running = 0
 
@@ -60,10 +63,10 @@ async def test_in_use_never_exceeds_the_level_under_contention() -> None:
         async with limit:
             running += 1
             peak = max(peak, running)
-            await asyncio.sleep(0.001 * (i % 3))
+            await clock.sleep(0.001 * (i % 3))
             running -= 1
 
-    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(60))), 5)
+    await clock.run(asyncio.gather(*(worker(i) for i in range(60))))
     assert peak == 4
     assert limit.in_use == 0
 
@@ -174,27 +177,62 @@ async def test_growth_stops_at_the_ceiling() -> None:
 
 
 async def test_one_cut_per_cooldown() -> None:
-    limit = AdaptiveLimit(16, cooldown=10.0)
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, cooldown=10.0, clock=clock)
     for _ in range(10):
         limit.on_overload()  # one burst of failures
     assert limit.level == 8 and limit.cuts == 1
-    await asyncio.sleep(0.05)
+    await clock.advance(9.99)
     limit.on_overload()
     assert limit.level == 8 and limit.cuts == 1  # still inside the cooldown
     assert limit.lowest == 8 and [level for _, level in limit.history] == [8]
 
 
 async def test_a_new_cut_after_the_cooldown() -> None:
-    limit = AdaptiveLimit(16, cooldown=0.05)
+    clock = FakeClock()
+    limit = AdaptiveLimit(16, cooldown=0.25, clock=clock)  # seconds exact in binary
+    await clock.advance(1.0)  # history counts from the first use, not from the clock's zero
     limit.on_overload()
     limit.on_overload()
     assert limit.level == 8 and limit.cuts == 1
-    await asyncio.sleep(0.07)
+    await clock.advance(0.125)
+    limit.on_overload()
+    assert limit.cuts == 1  # half the cooldown
+    await clock.advance(0.125)
     limit.on_overload()
     assert limit.level == 4 and limit.cuts == 2 and limit.lowest == 4
-    assert [level for _, level in limit.history] == [8, 4]
-    times = [t for t, _ in limit.history]
-    assert times[1] - times[0] >= 0.05
+    assert limit.history == [(0.0, 8), (0.25, 4)]
+
+
+async def test_adapt_cuts_on_overload_only_and_grows_on_answers_that_did_not_queue() -> None:
+    limit = AdaptiveLimit(8, cooldown=0.0)
+    for error in (AppError("the app failed"), HTTPStatusError("bad request", status=400),
+                  TransportError("refused"), ValueError("a bug")):
+        limit.adapt(error)
+    assert limit.level == 8 and limit.cuts == 0
+    limit.adapt(QueueFullError("full", status=503))
+    assert limit.level == 4 and limit.cuts == 1
+    limit.adapt(None, queue_rank=5)  # answered, but after queueing
+    assert limit.level == 4
+    for _ in range(5):
+        limit.adapt(None, queue_rank=0)
+    assert limit.level == 5  # about +1 per window of `level` answers
+
+
+@pytest.mark.parametrize(("error", "overload"), [
+    (QueueFullError("full", status=503), True),
+    (HTTPStatusError("slow down", status=429), True),
+    (HTTPStatusError("bad gateway", status=502), True),
+    (HTTPStatusError("gateway timeout", status=504), True),
+    (IdleTimeoutError("idle"), True),
+    (ServerError("stopped"), True),
+    (HTTPStatusError("bad request", status=400), False),
+    (TransportError("refused"), False),
+    (AppError("app failed"), False),
+    (ValueError("a bug"), False),
+])
+def test_is_overload(error: BaseException, overload: bool) -> None:
+    assert is_overload(error) is overload
 
 
 async def test_the_floor_is_one() -> None:
@@ -225,36 +263,39 @@ async def test_fixed_concurrency_never_changes_level() -> None:
 
 
 async def test_rate_limiter_spaces_starts() -> None:
-    rate = RateLimiter(20.0)  # one start per 50 ms
+    clock = FakeClock()
+    rate = RateLimiter(20.0, clock)  # one start per 50 ms
     starts = []
 
     async def start() -> None:
         await rate.wait()
-        starts.append(time.monotonic())
+        starts.append(clock.now())
 
-    t0 = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*(start() for _ in range(6))), 5)
-    offsets = sorted(s - t0 for s in starts)
-    # the k-th start comes no earlier than k intervals after the first (which is at once);
-    # a busy machine may make a start late, never early
-    assert all(off >= k * 0.05 - 0.005 for k, off in enumerate(offsets)), offsets
-    assert offsets[-1] < 2.0
+    t0 = clock.now()
+    await clock.run(asyncio.gather(*(start() for _ in range(6))))
+    # the first at once, then one per interval
+    assert [round(s - t0, 9) for s in starts] == [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
 
 
 async def test_rate_limiter_does_not_bank_idle_time() -> None:
-    rate = RateLimiter(20.0)
+    clock = FakeClock()
+    rate = RateLimiter(20.0, clock)
     await rate.wait()
-    await asyncio.sleep(0.2)  # idle: must not earn a burst of back-to-back starts
-    t0 = time.monotonic()
-    await rate.wait()
-    await rate.wait()
-    await rate.wait()
-    assert time.monotonic() - t0 >= 0.09
+    await clock.advance(0.2)  # idle: must not earn a burst of back-to-back starts
+    t0 = clock.now()
+
+    async def three() -> None:
+        await rate.wait()
+        await rate.wait()
+        await rate.wait()
+
+    await clock.run(three())
+    assert clock.now() - t0 == pytest.approx(0.1)  # at once, then 50 ms, then 50 ms
 
 
 async def test_no_rate_means_no_wait() -> None:
-    rate = RateLimiter(None)
-    t0 = time.monotonic()
+    clock = FakeClock()
+    rate = RateLimiter(None, clock)
     for _ in range(1000):
         await rate.wait()
-    assert time.monotonic() - t0 < 0.2
+    assert clock.sleeps == []

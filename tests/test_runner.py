@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 
 import pytest
+from fake_clock import FakeClock
 
 from pipeline.client import GradioQueueClient, Timeouts
+from pipeline.clock import LOOP_CLOCK, Clock
 from pipeline.errors import EndpointDownError
 from pipeline.fake_space import FakeSpaceConfig, fake_answer, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
@@ -47,15 +49,17 @@ class Recorder:
     """Wraps a completer: records each attempt's prompt, session hash and start time."""
 
     def __init__(self, inner: GradioQueueClient,
-                 raise_for: Callable[[str], BaseException | None] = lambda _p: None) -> None:
+                 raise_for: Callable[[str], BaseException | None] = lambda _p: None,
+                 clock: Clock = LOOP_CLOCK) -> None:
         self.inner = inner
         self.raise_for = raise_for
+        self.clock = clock
         self.calls: list[tuple[str, str, float]] = []
 
     async def complete(self, prompt: str, system: str | None = None, *,
                        trace: RequestTrace | None = None) -> Completion:
         assert trace is not None, "the runner must pass a trace for every attempt"
-        self.calls.append((prompt, trace.session_hash, time.monotonic()))
+        self.calls.append((prompt, trace.session_hash, self.clock.now()))
         error = self.raise_for(prompt)
         if error is not None:
             raise error
@@ -85,13 +89,9 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def runner_tasks() -> list[asyncio.Task[object]]:
-    """Unfinished tasks created by run_batch (its jobs and its stop watcher)."""
-    out = []
-    for task in asyncio.all_tasks():
-        name = getattr(task.get_coro(), "__qualname__", "")
-        if not task.done() and (name.startswith("run_batch") or name == "Event.wait"):
-            out.append(task)
-    return out
+    """Unfinished tasks created by run_batch (its workers and watchers, all named so)."""
+    return [task for task in asyncio.all_tasks()
+            if not task.done() and task.get_name().startswith("run_batch")]
 
 
 # -- the happy path ------------------------------------------------------------------------
@@ -296,17 +296,17 @@ async def test_samples_run_each_row_several_times(space4: RunningFakeSpace,
 
 async def test_rate_limit_spaces_request_starts(space4: RunningFakeSpace,
                                                client: GradioQueueClient) -> None:
-    recorder = Recorder(client)
-    started = time.monotonic()
-    results = await collect(run_batch(make_rows(10), recorder,
-                                      BatchSettings(concurrency=10, rate=20, policy=FAST)))
+    clock = FakeClock()
+    recorder = Recorder(client, clock=clock)
+    started = clock.now()
+    async with clock.autojump():
+        results = await collect(run_batch(make_rows(10), recorder,
+                                          BatchSettings(concurrency=10, rate=20, policy=FAST),
+                                          clock=clock))
     assert len(results) == 10 and all(isinstance(r, Success) for r in results)
-    # The limiter hands out slots 1/20 s apart from the run's start; a busy machine can only
-    # start a request late, never early, so the k-th start is at least k/20 s after `started`
-    # (a gap between two late starts may be shorter: that is not a fault of the limiter).
+    # On the run's clock the limiter hands out starts 1/20 s apart from the first.
     starts = sorted(t for _, _, t in recorder.calls)
-    assert all(t - started >= k / 20 - 0.002 for k, t in enumerate(starts)), \
-        [round(t - started, 3) for t in starts]
+    assert [round(t - started, 9) for t in starts] == [round(k / 20, 9) for k in range(10)]
 
 
 # -- stopping --------------------------------------------------------------------------------
@@ -326,8 +326,10 @@ async def test_stop_event_cancels_in_flight_and_returns(space4: RunningFakeSpace
         return time.monotonic()
 
     watcher = asyncio.create_task(trigger())
+    state = BatchState()
     results = await collect(run_batch(rows, stalled_client,
-                                      BatchSettings(concurrency=4, policy=FAST), stop=stop))
+                                      BatchSettings(concurrency=4, policy=FAST), stop=stop,
+                                      state=state))
     ended = time.monotonic()
     stopped_at = await watcher
     assert ended - stopped_at < 5.0  # not the 30 s idle timeout of the stalled requests
@@ -335,6 +337,9 @@ async def test_stop_event_cancels_in_flight_and_returns(space4: RunningFakeSpace
     for r in results:
         assert isinstance(r, Success) and r.text == expected(r.row)
     assert not runner_tasks()
+    # the cancelled attempts gave their endpoint back; the jobs they held are unfinished
+    assert state.pool is not None and state.pool.endpoints[0].in_flight == 0
+    assert state.in_flight == 0 and state.unfinished >= 4
     await stalled_client.close()
     await until(lambda: stats.running == 0)
     assert stats.cancelled + stats.abandoned >= 4
@@ -440,10 +445,12 @@ class Unreachable:
 async def test_rows_are_not_failed_while_no_endpoint_was_ever_reached() -> None:
     rows = make_rows(3)
     state = BatchState()
+    clock = FakeClock()
     settings = BatchSettings(concurrency=2, connect_grace=0.2, probe_cooldown=0.01,
                              policy=RetryPolicy(max_attempts=1, base_delay=0.0))
     with pytest.raises(EndpointDownError) as info:
-        await collect(run_batch(rows, Unreachable(10_000), settings, state=state))
+        await clock.run(collect(run_batch(rows, Unreachable(10_000), settings, state=state,
+                                          clock=clock)))
     assert "http://127.0.0.1:1" in str(info.value) and "Connect call failed" in str(info.value)
     assert state.failed == 0 and state.succeeded == 0
     assert state.unfinished == 3  # every row left for the next run
@@ -452,9 +459,10 @@ async def test_rows_are_not_failed_while_no_endpoint_was_ever_reached() -> None:
 async def test_refusals_before_the_endpoint_comes_up_cost_a_row_no_attempt() -> None:
     rows = make_rows(2)
     completer = Unreachable(3)
+    clock = FakeClock()
     settings = BatchSettings(concurrency=1, connect_grace=30.0, probe_cooldown=0.01,
                              policy=RetryPolicy(max_attempts=1, base_delay=0.0))
-    results = await collect(run_batch(rows, completer, settings))
+    results = await clock.run(collect(run_batch(rows, completer, settings, clock=clock)))
     assert all(isinstance(r, Success) for r in results)
     assert sorted(r.attempts for r in results) == [1, 1]  # with max_attempts=1 they would fail
 
@@ -469,3 +477,105 @@ async def test_a_wrong_proxy_password_fails_no_row() -> None:
                                 BatchSettings(concurrency=4, connect_grace=600.0), state=state))
     assert "407" in str(info.value)
     assert state.failed == 0 and state.retries == 0
+
+
+# -- the run's clock and its workers ---------------------------------------------------------------
+
+
+class Slow:
+    """A completer that takes ``seconds`` on ``clock`` to answer."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.display_url = "http://slow"
+        self.clock = clock
+        self.seconds = seconds
+        self.started = 0
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        assert trace is not None
+        self.started += 1
+        await self.clock.sleep(self.seconds)
+        return Completion(f"answer to {prompt}", trace)
+
+
+async def test_the_deadline_and_the_grace_run_on_the_runs_clock() -> None:
+    # Answers take 1.5 s; the deadline comes at 0.3 s with 0.3 s of grace: the first wave
+    # is cancelled at 0.6 s exactly, and every job taken in is counted unfinished.
+    clock = FakeClock()
+    completer = Slow(clock, 1.5)
+    state = BatchState()
+    stop = asyncio.Event()
+    settings = BatchSettings(concurrency=4, deadline=0.3, grace=0.3, policy=FAST)
+    t0 = clock.now()
+    results = await clock.run(collect(run_batch(make_rows(20), completer, settings, stop=stop,
+                                                state=state, clock=clock)))
+    assert results == []
+    assert clock.now() - t0 == pytest.approx(0.6)
+    assert state.deadline_hit and stop.is_set()
+    assert completer.started == 4
+    assert state.unfinished == 8  # 4 cancelled in flight + 4 waiting in the window
+    assert not runner_tasks()
+
+
+async def test_answers_within_the_grace_are_kept_and_no_timer_outlives_the_run() -> None:
+    clock = FakeClock()
+    completer = Slow(clock, 0.5)
+    state = BatchState()
+    stop = asyncio.Event()
+    settings = BatchSettings(concurrency=2, deadline=0.3, grace=0.6, policy=FAST)
+    t0 = clock.now()
+    results = await clock.run(collect(run_batch(make_rows(6), completer, settings, stop=stop,
+                                                state=state, clock=clock)))
+    assert len(results) == 2 and all(isinstance(r, Success) for r in results)
+    assert clock.now() - t0 == pytest.approx(0.5)  # the run ends with its last answer
+    assert state.deadline_hit and state.unfinished == 2  # the rest of the window of 4
+    assert clock.next_wake() is None and not stop.is_set()  # the grace timer went with the run
+
+
+async def test_a_run_is_concurrency_workers_not_a_task_per_job() -> None:
+    clock = FakeClock()
+    completer = Slow(clock, 1.0)
+    seen: list[int] = []
+
+    async def run() -> list[Result]:
+        results = []
+        async for result in run_batch(make_rows(30), completer,
+                                      BatchSettings(concurrency=3, policy=FAST), clock=clock):
+            seen.append(len(runner_tasks()))
+            results.append(result)
+        return results
+
+    results = await clock.run(run())
+    assert len(results) == 30 and all(isinstance(r, Success) for r in results)
+    assert max(seen) == 3 + 1  # the workers and the stop watcher, however many jobs
+    assert clock.now() == pytest.approx(1000.0 + 10.0)  # 30 answers of 1 s, 3 at a time
+
+
+async def test_retry_delays_are_waited_on_the_runs_clock() -> None:
+    clock = FakeClock()
+    completer = Unreachable(0)
+    calls = 0
+
+    class Flaky:
+        display_url = "http://flaky"
+
+        async def complete(self, prompt: str, system: str | None = None, *,
+                           trace: RequestTrace | None = None) -> Completion:
+            nonlocal calls
+            from pipeline.errors import AppError
+
+            calls += 1
+            if calls <= 2:
+                raise AppError("the app failed")
+            return await completer.complete(prompt, system, trace=trace)
+
+    policy = RetryPolicy(max_attempts=3, base_delay=40.0, max_delay=40.0)
+    state = BatchState()
+    t0 = clock.now()
+    results = await clock.run(collect(run_batch(make_rows(1), Flaky(), BatchSettings(
+        policy=policy, seed=7), state=state, clock=clock)))
+    assert len(results) == 1 and isinstance(results[0], Success) and results[0].attempts == 3
+    assert state.retries == 2 and len(clock.sleeps) == 2
+    assert all(0 <= s <= 40.0 for s in clock.sleeps)  # jittered within the policy's ceiling
+    assert clock.now() - t0 == pytest.approx(sum(clock.sleeps))  # waited out, on the clock
