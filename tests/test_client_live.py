@@ -99,7 +99,9 @@ async def test_stall_ends_at_the_idle_timeout_and_cancels_the_job(space) -> None
         with pytest.raises(errors.IdleTimeoutError):
             await client.complete("[fault:stall] hi")
         elapsed = time.monotonic() - started
-    assert 0.4 < elapsed < 3.0  # heartbeats kept arriving, yet the attempt ended
+    # Heartbeats kept arriving, yet the attempt ended: at the idle timeout, not sooner (an
+    # upper bound here would only measure the machine's load; the error's type says which).
+    assert elapsed > 0.4
     stats = space.space.stats
     assert stats.cancelled + stats.abandoned == 1 and stats.running == 0
 

@@ -107,13 +107,10 @@ async def test_the_in_flight_bound_holds_across_batches_run_at_once(space: Runni
     udf = PromptBatchCallable(config_for(space.url, concurrency=3))
     try:
         parts = [rows_of(6, prefix=f"b{b}-") for b in range(4)]
-        started = time.monotonic()
         streams = await asyncio.gather(*(answer(udf, batch(p)) for p in parts))
-        elapsed = time.monotonic() - started
     finally:
         await udf.aclose()
-    assert space.space.stats.max_running == 3
-    assert elapsed >= 24 / 3 * 0.25 * 0.9  # 24 answers, 3 at a time
+    assert space.space.stats.max_running == 3  # the server saw at most 3 at once
     tables = [joined(stream) for stream in streams]
     # Each batch came out in several tables (1 row per table by default at 3 in flight).
     assert all(len(stream) >= 2 for stream in streams)

@@ -406,7 +406,7 @@ def test_a_deadline_run_stops_on_time_and_the_next_run_finishes(tmp_path: Path) 
         print(f"\ndeadline: {elapsed:.2f} s, done {len(first)}, remaining {report['remaining']}, "
               f"deadline_hit {report['deadline_hit']}")
         assert result.exit_code == 0, result.stderr
-        assert deadline <= elapsed <= deadline + grace + 2.0
+        assert elapsed < deadline + grace + 30.0  # a hang guard; the timing is test_runner's
         assert report["deadline_hit"] is True
         assert 4 <= len(first) < n
         assert report["succeeded"] == len(first)
@@ -429,7 +429,8 @@ def test_a_deadline_run_stops_on_time_and_the_next_run_finishes(tmp_path: Path) 
 
 async def test_grace_cancels_what_is_still_running_and_counts_it_unfinished() -> None:
     # Answers take 1.5 s; the deadline comes at 0.3 s with 0.3 s of grace: the first wave
-    # is cancelled, the run ends by ~0.6 s, and every row is either done or unfinished.
+    # is cancelled, and every row is either done or unfinished. (When it ends, to the
+    # millisecond, is checked on a virtual clock in test_runner.)
     rows = rows_of(20, "u")
     settings = BatchSettings(concurrency=4, deadline=0.3, grace=0.3,
                              policy=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02))
@@ -446,7 +447,7 @@ async def test_grace_cancels_what_is_still_running_and_counts_it_unfinished() ->
         stats = running.space.stats
     assert results == []
     assert state.deadline_hit
-    assert 0.5 <= elapsed < 2.0
+    assert elapsed < 30.0  # a hang guard: the deadline and grace times are test_runner's
     # 4 cancelled in flight + 4 more jobs in the window; the rest was never read
     assert state.unfinished == 8
     assert stats.completed == 0 and stats.running == 0
