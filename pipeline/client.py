@@ -72,6 +72,10 @@ __all__ = ["DEFAULT_URL", "GradioQueueClient", "Timeouts", "new_session_hash"]
 
 log = logging.getLogger(__name__)
 
+_TIMER_SLACK_SHARE = 0.1
+_MAX_TIMER_SLACK = 1.0
+"""How late a stream's read or idle bound may fire: a tenth of the shorter, at most 1 s."""
+
 USER_AGENT = "qwen-batch (+https://pypi.org/project/qwen-batch/)"
 _CANCEL_WAIT = 3.0
 
@@ -426,8 +430,12 @@ class GradioQueueClient:
         # One timeout for the whole stream: first the headers (and an error body) within
         # the exchange bound, then rearmed around each read (cheaper than a new timeout
         # context per read) and disarmed while a delta is yielded: the caller's time is
-        # not the server's silence.
+        # not the server's silence. Rearmed lazily: a bound may fire up to `slack` late,
+        # never early, so a stream whose chunks come every few ms moves its timer about
+        # once per `slack`, not once per chunk (each move is a new timer in the loop's heap).
+        slack = min(_MAX_TIMER_SLACK, _TIMER_SLACK_SHARE * min(read, idle))
         headers_by = min(deadline, loop.time() + self.timeouts.exchange)
+        armed: float | None = headers_by
         timeout = timeout_at(headers_by)
         answer: aiohttp.ClientResponse | None = None
         try:
@@ -445,7 +453,9 @@ class GradioQueueClient:
                     when = min(deadline, loop.time() + read)
                     if last_text:
                         when = min(when, last_text + idle)
-                    _rearm(timeout, when)
+                    if armed is None or not when <= armed <= when + slack:
+                        armed = when + slack
+                        _rearm(timeout, armed)
                     chunk = await content.readany()
                     if not chunk:
                         decoder.close()
@@ -468,6 +478,7 @@ class GradioQueueClient:
                                     f"answer longer than {max_chars} characters"
                                 )
                             if delta:
+                                armed = None
                                 _rearm(timeout, None)
                                 yield delta
                         if tracker.queue_rank is not None and (
