@@ -86,6 +86,10 @@ class EndpointDownError(QwenBatchError):
     """The endpoint is unreachable or keeps failing; the run stopped early."""
 
 
+class EngineUnavailableError(QwenBatchError):
+    """The engine (a Ray cluster) could not be joined or did not start in time: exit 4."""
+
+
 class RequestError(QwenBatchError):
     """One request to the Space failed.
 

@@ -23,6 +23,7 @@ are down.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
@@ -37,6 +38,17 @@ if TYPE_CHECKING:
 ENGINES: tuple[str, ...] = ("local", "ray", "inprocess")
 
 Rows = Iterable[PromptRow | Failure]
+
+
+def spool_path(output: str) -> str:
+    """Where a distributed engine spools the rows to do: ``<output>.spool`` (see .distributed)."""
+    return output + ".spool"
+
+
+def remove_spool(output: str) -> None:
+    """Remove a spool an interrupted or killed distributed run left (the caller holds the lock)."""
+    if output != "-":
+        shutil.rmtree(spool_path(output), ignore_errors=True)
 
 
 def open_engine(
