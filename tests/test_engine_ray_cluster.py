@@ -175,6 +175,71 @@ def test_a_token_cluster_without_token_mode_exits_4_naming_authentication(
     assert "authentication" in run.report()["stalled"]
 
 
+def map_workers(cluster: RayCluster) -> list[int]:
+    """The cluster's Ray Data actor processes (``ray::MapWorker(...)``) still running."""
+    found = []
+    for pid in cluster.pids():
+        try:
+            if b"MapWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def settle(space: FakeSpaceProcess, quiet: float = 3.0, timeout: float = 60.0) -> int:
+    """Wait until no job runs and no join arrives for ``quiet`` seconds; return the joins."""
+    last, since = -1, time.monotonic()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        stats = space.stats()
+        if stats["joins"] != last or stats["running"] or stats["waiting"]:
+            last, since = stats["joins"], time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return int(last)
+        time.sleep(0.2)
+    pytest.fail(f"the fake Space never went quiet: {space.stats()}")
+
+
+def test_a_killed_driver_leaves_no_actor_and_a_local_resume_no_spool(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    """kill -9 of the driver on a cluster node: its actors on that node stop at once
+    (they watch its process, as on a private Ray) and Ray ends them; the local engine
+    then finishes the job, sends only the missing rows and removes the spool."""
+    rows, block = 200, 4 * 4  # 2 actors x 4 in flight; a block is 4 windows
+    space.control(down=False)
+    joins_before = settle(space, quiet=1.0)
+    run = Run(tmp_path, "killed", space.url, cluster.address, "--actors", "2",
+              "--per-actor-concurrency", "4", rows=rows)
+    run.wait_saved(24)
+    assert len(map_workers(cluster)) == 2
+    run.proc.kill()
+    run.proc.wait()
+    killed = time.monotonic()
+    while map_workers(cluster):
+        assert time.monotonic() - killed < 30, "the actors outlived their driver by 30 s"
+        time.sleep(0.05)
+    actors_gone = time.monotonic() - killed
+    joins_killed = settle(space) - joins_before
+    saved = run.saved()
+    assert Path(str(run.out) + ".spool").is_dir()  # what a killed run leaves
+    lost = joins_killed - saved
+    assert 0 <= lost <= block, (joins_killed, saved)
+
+    resume = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(run.dir / "in.jsonl"), "-o",
+         str(run.out), "--url", space.url, "--no-progress", "--concurrency", "8"],
+        cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=120)
+    assert resume.returncode == 0, resume.stderr
+    joins_resumed = settle(space, quiet=1.0) - joins_before - joins_killed
+    assert not Path(str(run.out) + ".spool").exists()
+    ids = [r["id"] for r in iter_jsonl_records(str(run.out))]
+    assert len(ids) == len(set(ids)) == rows
+    assert joins_resumed == rows - saved
+    print(f"\nkilled driver on a cluster: actors gone {actors_gone:.2f} s after the kill; "
+          f"{saved} rows saved, {lost} requested but lost; local resume sent {joins_resumed}")
+
+
 def _stop_runs(tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
     codes: list[int] = []
     started = time.monotonic()
