@@ -160,6 +160,28 @@ def test_too_many_actors_are_fitted_to_the_free_cpus(tmp_path: Path, cluster: Ra
     assert not Path(str(run.out) + ".spool").exists()
 
 
+def test_a_run_finding_no_free_cpu_stops_with_exit_2_at_once(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    """Two runs at once: the first holds 1 of the 2 CPUs (4 actors), so the second cannot
+    place one actor and the read task (1.25 CPUs). Before: it waited forever, silently."""
+    first = Run(tmp_path, "first", space.url, cluster.address, "--actors", "4",
+                "--per-actor-concurrency", "1", rows=400)
+    try:
+        first.wait_saved(8)
+        second = Run(tmp_path, "second", space.url, cluster.address, "--actors", "2", rows=10)
+        code = second.wait(60)
+        took = time.monotonic() - second.started
+    finally:
+        first.proc.send_signal(signal.SIGINT)
+        first.wait(60)
+    assert code == 2, second.stderr
+    assert "has 1 free CPUs: not enough for one actor (0.25 CPU) and the read task (1 CPU)" \
+        in second.stderr, second.stderr
+    assert "--actors 2 needs 1.5" in second.stderr
+    assert took < 30, took
+    print(f"\nno free CPU: exit {code} in {took:.1f} s")
+
+
 def test_a_token_cluster_without_token_mode_exits_4_naming_authentication(
         tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
     """Before: 20 lines of InvalidAuthToken over 20 s, exit 1, never "authentication"."""

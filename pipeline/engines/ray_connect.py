@@ -63,6 +63,11 @@ def resolve_address(address: str) -> tuple[str, str]:
 
 
 def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a GCS address; ConfigError (exit 2) for anything else."""
+    if "://" in address:
+        raise ConfigError(f"--address {address!r}: Ray Client (ray://) and other URLs are not "
+                          "supported; run on a node of the cluster with --address HOST:PORT "
+                          "or 'auto'")
     host, _, port = address.rpartition(":")
     try:
         number = int(port)
