@@ -258,6 +258,7 @@ async def open_distributed(
     """
     spool = Spool(spool_directory(output), samples, executor.block_rows)
     cancelled = threading.Event()
+    starter_done = threading.Event()  # the thread that started the engine may end
     threads: list[threading.Thread] = []
     started = False
 
@@ -288,8 +289,8 @@ async def open_distributed(
         started = True
         run_config = config
         try:
-            await _unless_stopped(_in_daemon_thread(executor.start, "qwen-batch-engine-start"),
-                                  stop)
+            await _unless_stopped(
+                _in_daemon_thread(executor.start, "qwen-batch-engine-start", starter_done), stop)
         except (EngineUnavailableError, ConfigError):
             raise
         except Exception as exc:
@@ -387,14 +388,20 @@ async def open_distributed(
                             READER_JOIN_SECONDS)
         if started:
             await asyncio.to_thread(executor.close)
+        starter_done.set()
         spool.remove()
         if output == "-":
             shutil.rmtree(os.path.dirname(spool.directory), ignore_errors=True)
 
 
-def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+def _in_daemon_thread(fn: Callable[[], T], name: str,
+                      keep: threading.Event) -> asyncio.Future[T]:
     """``fn()`` in a daemon thread, as a future of this loop: the run may leave it behind
-    (``asyncio.to_thread`` may not: the loop's end waits for its threads)."""
+    (``asyncio.to_thread`` may not: the loop's end waits for its threads).
+
+    The thread then lives on until ``keep`` is set: a private Ray's GCS and raylet are
+    forked by it with a parent-death signal, which Linux sends when the forking *thread*
+    ends (measured: the GCS died when this thread returned)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -414,6 +421,7 @@ def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
             error = exc
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
             loop.call_soon_threadsafe(settle, value, error)
+        keep.wait()
 
     threading.Thread(target=body, name=name, daemon=True).start()
     return future

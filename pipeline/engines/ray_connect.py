@@ -126,7 +126,10 @@ def gcs_connect_budget(seconds: float) -> Iterator[None]:
 
 
 def call_with_timeout(fn: Callable[[], T], timeout: float, name: str) -> T:
-    """``fn()`` in a daemon thread; TimeoutError after ``timeout`` s (the thread is left)."""
+    """``fn()`` in a daemon thread; TimeoutError after ``timeout`` s (the thread is left).
+
+    Not for what forks processes that must outlive the thread (a private Ray: see
+    ``distributed._in_daemon_thread``); joining a cluster forks nothing."""
     box: dict[str, object] = {}
     done = threading.Event()
 
