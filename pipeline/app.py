@@ -20,7 +20,7 @@ from .client import DEFAULT_URL, Timeouts
 from .columns import Records, close_records, open_checked_input, output_types
 from .engines import Engine, EngineOptions, open_engine
 from .errorlog import compact_errors
-from .errors import EndpointDownError, InputError, OutputError
+from .errors import EndpointDownError, EngineUnavailableError, InputError, OutputError
 from .jobs import KeySet, Plan, PlanCounters, plan_rows
 from .jsonl import JsonlAppender
 from .lock import OutputLock
@@ -105,6 +105,10 @@ class RunOptions:
     ray_address: str | None = None
     actors: int = 2
     per_actor_concurrency: int | None = None
+    engine_connect_timeout: float = 30.0
+    """Ray: seconds to join a cluster (``--address``) before stopping with exit 4."""
+    engine_start_timeout: float = 120.0
+    """Ray: seconds for the first actor to run before stopping with exit 4."""
     watchdog: float | None = None
     """Seconds in which no row moves before the run is stopped (exit 4); None: see
     :func:`watchdog_window`."""
@@ -136,6 +140,8 @@ def engine_options(options: RunOptions) -> EngineOptions:
         max_response_chars=options.max_response_chars, output=options.output,
         concurrency=options.concurrency, actors=options.actors,
         per_actor_concurrency=options.per_actor_concurrency, ray_address=options.ray_address,
+        engine_connect_timeout=options.engine_connect_timeout,
+        engine_start_timeout=options.engine_start_timeout,
     )
 
 
@@ -240,6 +246,8 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                     progress.advance(result)
             except EndpointDownError as exc:
                 summary.endpoint_down = redact(str(exc))
+            except EngineUnavailableError as exc:  # the cluster: not joined, or not started
+                summary.stalled = redact(str(exc))
             finally:
                 if isinstance(results, AsyncGenerator):
                     # Leaving the loop on an error (a failed write, say) must cancel the

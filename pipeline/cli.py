@@ -276,6 +276,10 @@ def main(verbose: int) -> None:
         help="Ray: actors, each with one pooled session and its own in-flight limit."),
     opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
         help="Ray: requests in flight per actor.  [default: --concurrency / --actors]"),
+    opt("--engine-connect-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+        show_default=True, help="Ray: seconds to join the cluster at --address, then exit 4."),
+    opt("--engine-start-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
+        show_default=True, help="Ray: seconds for the first actor to start, then exit 4."),
 )
 def run_command(input_path: str, **o: Any) -> None:
     """Run every prompt of INPUT: JSONL (.gz/.zst too), Parquet (a file or a dataset
@@ -361,6 +365,8 @@ def run_command(input_path: str, **o: Any) -> None:
         ray_address=o["ray_address"],
         actors=o["actors"],
         per_actor_concurrency=o["per_actor_concurrency"],
+        engine_connect_timeout=o["engine_connect_timeout"],
+        engine_start_timeout=o["engine_start_timeout"],
     )
     sys.exit(_execute(options))
 

@@ -101,6 +101,10 @@ class InternalError(QwenBatchError):
     remedy = "a bug in qwen-batch: run again to retry the row, and report it with the -vv log"
 
 
+class EngineUnavailableError(QwenBatchError):
+    """The engine (a Ray cluster) could not be joined or did not start in time: exit 4."""
+
+
 class RequestError(QwenBatchError):
     """One request to the Space failed.
 

@@ -78,9 +78,11 @@ class ActorConfig:
     ``concurrency`` and ``rate`` are *per actor*. ``deadline_at`` is a wall-clock
     time (``time.time()``): no request starts after it, those in flight get ``grace``
     seconds. ``flush_rows`` and ``flush_interval`` say when a call yields a table.
-    ``driver_pid``, set only when the actors run on the driver's machine (a private
-    Ray), makes them stop the moment the driver ends (:mod:`.stream`). The token and
-    proxy are kept out of the repr (Ray may print it).
+    ``driver_pid`` makes the actors on the driver's machine (``driver_host``, see
+    :func:`.stream.host_identity`; any machine when None) stop the moment the driver
+    ends (:mod:`.stream`). ``announce``: a streaming actor yields an empty table first,
+    to tell the driver it runs. The token and proxy are kept out of the repr (Ray may
+    print it).
     """
 
     urls: tuple[str, ...]
@@ -105,6 +107,8 @@ class ActorConfig:
     flush_rows: int | None = None
     flush_interval: float = 0.5
     driver_pid: int | None = None
+    driver_host: str | None = None
+    announce: bool = False
     proxy: str | None = field(default=None, repr=False)
     hf_token: str | None = field(default=None, repr=False)
     ca_bundle: str | None = None

@@ -28,6 +28,8 @@ import contextlib
 import logging
 import math
 import os
+import sys
+import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -42,7 +44,16 @@ from pipeline.runner import BatchSettings, BatchState
 from .actor import ActorConfig
 from .base import EngineOptions, Rows
 from .distributed import Spool, open_executor, per_actor_concurrency
-from .stream import StreamingCallable, unpack
+from .ray_connect import (
+    READ_TASK_CPUS,
+    call_with_timeout,
+    connect_failure,
+    fit_actors,
+    gcs_connect_budget,
+    probe,
+    resolve_address,
+)
+from .stream import StreamingCallable, host_identity, unpack
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +72,22 @@ class RayExecutor:
 
     def __init__(self, *, address: str | None, actors: int, per_actor: int,
                  batch_size: int | None = None, verbose: bool = False,
-                 worker_logs: bool = True) -> None:
+                 worker_logs: bool = True, connect_timeout: float = 30.0) -> None:
         self.address = address
         self.actors = actors
+        self.requested_actors = actors
         self.per_actor = per_actor
         self.batch_size = batch_size or per_actor
         self.block_rows = self.batch_size * BATCHES_PER_BLOCK
         self.verbose = verbose
         self.worker_logs = worker_logs
+        self.connect_timeout = connect_timeout
+        self.joined: str | None = None
+        """The cluster's address once joined (``--address`` resolved)."""
         self._owns_ray = False
+        self._lock = threading.Lock()
+        self._closing = False
+        self._streaming: Any = None  # Ray Data's StreamingExecutor of the running dataset
 
     def describe(self) -> str:
         where = f"Ray cluster at {self.address}" if self.address else "a local Ray"
@@ -86,25 +104,87 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": level,
                                       "log_to_driver": self.worker_logs}
             if self.address:
-                ray.init(address=self.address, **kwargs)
+                self._join(kwargs)
             else:
                 cpus = max(4, os.cpu_count() or 1, math.ceil(self.actors * ACTOR_CPUS) + 2)
                 # "local": a new private instance, never a cluster found running here.
-                ray.init(address="local", num_cpus=cpus, **kwargs)
-            self._owns_ray = True
+                self._init(address="local", num_cpus=cpus, **kwargs)
+        if self.address:
+            self._fit()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         with contextlib.suppress(AttributeError):
             context.print_on_execution_start = self.verbose
         logging.getLogger("ray.data").setLevel(level)
 
+    def _join(self, kwargs: dict[str, Any]) -> None:
+        """Join the cluster at ``--address``, in at most the connect timeout (see ray_connect)."""
+        assert self.address is not None
+        address, source = resolve_address(self.address)
+        probe(address, source, self.connect_timeout)
+
+        try:
+            with gcs_connect_budget(self.connect_timeout):
+                call_with_timeout(lambda: self._init(address=address, **kwargs),
+                                  self.connect_timeout, "qwen-batch-ray-init")
+        except TimeoutError as exc:
+            raise connect_failure(address, source, f"{exc} (--engine-connect-timeout)") from None
+        except Exception as exc:
+            raise connect_failure(address, source, f"{type(exc).__name__}: {exc}") from None
+        self.joined = address
+
+    def _init(self, **kwargs: Any) -> None:
+        """``ray.init``; if the run was abandoned meanwhile (Ctrl-C), leave Ray at once."""
+        import ray
+
+        with self._lock:
+            if self._closing:
+                return
+            ray.init(**kwargs)
+            self._owns_ray = True
+            if self._closing:
+                self._owns_ray = False
+                ray.shutdown()
+
+    def _fit(self) -> None:
+        """Fit the actors to the cluster's free CPUs (ConfigError when not even one fits)."""
+        import ray
+
+        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        fitted = fit_actors(self.requested_actors, free, ACTOR_CPUS,
+                            self.joined or str(self.address))
+        if fitted != self.actors:
+            print(f"qwen-batch: {self.requested_actors} actors do not fit the Ray cluster's "
+                  f"free CPUs ({free:g} free; {ACTOR_CPUS:g} per actor plus "
+                  f"{READ_TASK_CPUS:g} for the read task); running {fitted} actors: "
+                  f"{fitted} actors x {self.per_actor} requests = at most "
+                  f"{fitted * self.per_actor} requests in flight",
+                  file=sys.stderr, flush=True)
+            self.actors = fitted
+
+    def awaiting(self) -> str:
+        """What the engine waits for before its first actor runs (for the waiting message)."""
+        text = (f"{self.actors} actors ({ACTOR_CPUS:g} CPU each) and the read task "
+                f"({READ_TASK_CPUS:g} CPU)")
+        with contextlib.suppress(Exception):
+            import ray
+
+            free, total = call_with_timeout(
+                lambda: (ray.available_resources().get("CPU", 0.0),  # type: ignore[no-untyped-call]
+                         ray.cluster_resources().get("CPU", 0.0)),  # type: ignore[no-untyped-call]
+                2.0, "qwen-batch-ray-cpus")
+            text += f"; the cluster has {free:g} of {total:g} CPUs free"
+        return text
+
     def batches(self, spool: Spool, config: ActorConfig) -> Iterator[pa.Table]:
         import ray
 
         # On a cluster, read the spool where it is: on the driver's node.
         paths = [("local://" if self.address else "") + os.path.abspath(p) for p in spool.paths]
-        if not self.address:  # a private Ray: the actors are on this machine and can watch it
-            config = replace(config, driver_pid=os.getpid())
+        # The actors on the driver's machine watch its process (see .stream); on a private
+        # Ray that is all of them.
+        config = replace(config, driver_pid=os.getpid(), driver_host=host_identity(),
+                         announce=True)
         context = ray.data.DataContext.get_current()
         default_block_bytes = context.target_max_block_size
         # A dataset keeps the context it was made with: the tiny block size is this
@@ -124,21 +204,61 @@ class RayExecutor:
             )
         finally:
             context.target_max_block_size = default_block_bytes
-        for packets in dataset.iter_batches(batch_format="pyarrow", batch_size=None,
-                                            prefetch_batches=0):
+        iterator = dataset.iterator()
+        self._capture_streaming(iterator)
+        for packets in iterator.iter_batches(batch_format="pyarrow", batch_size=None,
+                                             prefetch_batches=0):
             yield from unpack(packets)
 
-    def close(self) -> None:
-        if self._owns_ray:
-            import ray
+    def _capture_streaming(self, iterator: Any) -> None:
+        """Keep the dataset's StreamingExecutor, so that :meth:`stop` can end it from any thread.
 
-            self._owns_ray = False
-            # The reader thread may still be inside Ray Data (an interrupted run): after the
-            # shutdown its next Ray call must fail, not start a new Ray behind our back.
+        Without it, a reader blocked in Ray Data's iterator only notices the end when
+        the next block comes (with the Space down: never), and ``ray.shutdown`` under it
+        fails the run.
+        """
+        make = getattr(iterator, "_to_ref_bundle_iterator", None)
+        if make is None:  # another Ray Data: stop() then relies on the reader's close
+            return
+
+        def capture() -> Any:
+            bundles, stats, streaming = make()
+            self._streaming = streaming
+            if self._closing:
+                self._stop_streaming()
+            return bundles, stats, streaming
+
+        iterator._to_ref_bundle_iterator = capture
+
+    def _stop_streaming(self) -> None:
+        streaming = self._streaming
+        if streaming is not None:
             with contextlib.suppress(Exception):
-                ray._private.auto_init_hook.enable_auto_connect = False
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-            ray.shutdown()
+                streaming.shutdown(force=True)
+
+    def stop(self) -> None:
+        """End the dataset's execution: the reader's iterator ends soon after (Ray stays up)."""
+        self._closing = True
+        self._stop_streaming()
+
+    def close(self) -> None:
+        """Leave (or stop) Ray; call once the reader has left Ray Data's iterator."""
+        self._closing = True
+        if not self._lock.acquire(timeout=0.1):
+            return  # ray.init still runs (abandoned): it leaves the cluster when it ends
+        try:
+            if self._owns_ray:
+                import ray
+
+                self._owns_ray = False
+                # Should a reader thread still be inside Ray Data, its next Ray call must
+                # fail, not start a new Ray behind our back.
+                with contextlib.suppress(Exception):
+                    ray._private.auto_init_hook.enable_auto_connect = False
+                logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+                ray.shutdown()
+        finally:
+            self._lock.release()
 
 
 def require_ray() -> None:
@@ -160,6 +280,8 @@ async def open_ray(
     executor = RayExecutor(address=options.ray_address, actors=options.actors,
                            per_actor=per_actor_concurrency(options),
                            verbose=logging.getLogger().getEffectiveLevel() <= logging.INFO,
-                           worker_logs=options.output != "-")
-    async with open_executor(executor, options, rows, settings, stop, state) as results:
+                           worker_logs=options.output != "-",
+                           connect_timeout=options.engine_connect_timeout)
+    async with open_executor(executor, options, rows, settings, stop, state,
+                             start_timeout=options.engine_start_timeout) as results:
         yield results

@@ -1,0 +1,303 @@
+"""The Ray engine on a cluster someone else runs (``--address``), started here with ``ray start``.
+
+Needs ``pip install -e '.[test,ray]'``; skipped without Ray unless ``QWEN_BATCH_REQUIRE_RAY=1``.
+One cluster for the module (a 2-CPU head with token authentication, as ``ray start``
+makes by default when a token exists), stopped by the module's fixture; every run is a
+real ``qwen-batch run`` process joining it:
+
+* too many actors for the free CPUs: fitted to what is free, said so, and the run finishes;
+* the wrong token settings: exit 4 within the connect timeout, naming authentication;
+* Ctrl-C, SIGTERM and ``--max-outage`` on the cluster: the right exit code and a summary
+  file, ``QWEN_BATCH_RAY_REPEATS`` times each (20 by default).
+
+The tests that need no cluster (nothing listening, a stale ``auto`` file, Ctrl-C while
+connecting) are in ``tests/test_engine_ray_connect.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_space_process import FakeSpaceProcess, fake_space_process
+from ray_cluster import RayCluster
+
+from pipeline.writers import iter_jsonl_records
+
+pytestmark = [pytest.mark.ray]
+
+REPO = Path(__file__).resolve().parents[1]
+REPEATS = int(os.environ.get("QWEN_BATCH_RAY_REPEATS", "20"))
+HEAD_CPUS = 2
+TOKEN = uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_available() -> None:
+    """Skip without Ray; fail instead under QWEN_BATCH_REQUIRE_RAY=1 (CI)."""
+    try:
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        reason = f"Ray Data is not installed ({exc}): pip install -e '.[test,ray]'"
+        if os.environ.get("QWEN_BATCH_REQUIRE_RAY", "").strip() == "1":
+            pytest.fail(f"QWEN_BATCH_REQUIRE_RAY=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_available: None) -> Iterator[RayCluster]:
+    """One 2-CPU head for the module, with token authentication; stopped at its end."""
+    cluster = RayCluster(env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
+    try:
+        cluster.start_head(HEAD_CPUS)
+        yield cluster
+    finally:
+        cluster.stop()
+        assert cluster.pids() == [], "a process of the test cluster outlived its stop"
+
+
+@pytest.fixture(scope="module")
+def space() -> Iterator[FakeSpaceProcess]:
+    with fake_space_process(latency=0.2, chunks=2) as running:
+        yield running
+
+
+def driver_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("QWEN_BATCH_", "RAY_")) and k != "HF_TOKEN"}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN,
+                "RAY_USAGE_STATS_ENABLED": "0"})
+    env.update(extra)
+    return env
+
+
+def write_input(path: Path, rows: int) -> None:
+    path.write_text("".join(json.dumps({"id": f"r{i:04d}", "prompt": f"Question {i}"}) + "\n"
+                            for i in range(rows)), encoding="utf-8")
+
+
+class Run:
+    """One ``qwen-batch run --engine ray --address <cluster>`` process."""
+
+    def __init__(self, tmp: Path, name: str, url: str, address: str, *args: str,
+                 rows: int = 400, env: dict[str, str] | None = None) -> None:
+        self.dir = tmp / name
+        self.dir.mkdir()
+        write_input(self.dir / "in.jsonl", rows)
+        self.out = self.dir / "out.jsonl"
+        self.summary = self.dir / "summary.json"
+        self.stderr_path = self.dir / "stderr"
+        cmd = [sys.executable, "-m", "pipeline", "run", str(self.dir / "in.jsonl"),
+               "-o", str(self.out), "--url", url, "--engine", "ray", "--address", address,
+               "--no-progress", "--fixed-concurrency", "--retry-delay", "0.05",
+               "--retry-max-delay", "0.2", "--summary", str(self.summary), *args]
+        self.started = time.monotonic()
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
+                                         env=env or driver_env(), start_new_session=True)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def saved(self) -> int:
+        try:
+            return self.out.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    def wait_saved(self, rows: int, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while self.saved() < rows:
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.kill()
+                pytest.fail(f"no {rows} rows saved (exit {self.proc.poll()}); "
+                            f"stderr:\n{self.stderr}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the run did not end in {timeout} s; stderr:\n{self.stderr}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def report(self) -> dict[str, Any]:
+        assert self.summary.exists(), f"no summary file; stderr:\n{self.stderr}"
+        data: dict[str, Any] = json.loads(self.summary.read_text())
+        return data
+
+
+def test_too_many_actors_are_fitted_to_the_free_cpus(tmp_path: Path, cluster: RayCluster,
+                                                      space: FakeSpaceProcess) -> None:
+    """8 actors (0.25 CPU each) and the read task (1 CPU) need 3 CPUs; the head has 2.
+
+    Before: the read task was never scheduled and the run hung silently. Now the actors
+    are fitted to the free CPUs (4), the run says so and finishes.
+    """
+    run = Run(tmp_path, "fit", space.url, cluster.address, "--actors", "8",
+              "--per-actor-concurrency", "2", rows=40)
+    code = run.wait(120)
+    assert code == 0, run.stderr
+    assert "8 actors do not fit" in run.stderr and "running 4 actors" in run.stderr, run.stderr
+    assert "4 actors x 2 requests = at most 8 requests in flight" in run.stderr
+    assert len(list(iter_jsonl_records(str(run.out)))) == 40
+    assert not Path(str(run.out) + ".spool").exists()
+
+
+def test_a_run_finding_no_free_cpu_stops_with_exit_2_at_once(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    """Two runs at once: the first holds the 2 CPUs (4 actors, 1 CPU, and its read
+    operator's), so the second cannot place one actor and the read task (1.25 CPUs).
+    Before: it waited forever, silently."""
+    first = Run(tmp_path, "first", space.url, cluster.address, "--actors", "4",
+                "--per-actor-concurrency", "1", rows=400)
+    try:
+        first.wait_saved(8)
+        second = Run(tmp_path, "second", space.url, cluster.address, "--actors", "2", rows=10)
+        code = second.wait(60)
+        took = time.monotonic() - second.started
+    finally:
+        first.proc.send_signal(signal.SIGINT)
+        first.wait(60)
+    assert code == 2, second.stderr
+    assert re.search(r"has [01](\.\d+)? free CPUs: not enough for one actor \(0\.25 CPU\) "
+                     r"and the read task \(1 CPU\)", second.stderr), second.stderr
+    assert "--actors 2 needs 1.5" in second.stderr
+    assert took < 30, took
+    print(f"\nno free CPU: exit {code} in {took:.1f} s")
+
+
+def test_a_token_cluster_without_token_mode_exits_4_naming_authentication(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    """Before: 20 lines of InvalidAuthToken over 20 s, exit 1, never "authentication"."""
+    env = driver_env()
+    del env["RAY_AUTH_MODE"]
+    run = Run(tmp_path, "auth", space.url, cluster.address, "--engine-connect-timeout", "5",
+              rows=10, env=env)
+    code = run.wait(60)
+    took = time.monotonic() - run.started
+    assert code == 4, run.stderr
+    assert "RAY_AUTH_MODE=token" in run.stderr and cluster.address in run.stderr, run.stderr
+    assert took < 5 + 15, took  # the connect timeout, plus starting Python and Ray's import
+    assert "authentication" in run.report()["stalled"]
+
+
+def map_workers(cluster: RayCluster) -> list[int]:
+    """The cluster's Ray Data actor processes (``ray::MapWorker(...)``) still running."""
+    found = []
+    for pid in cluster.pids():
+        try:
+            if b"MapWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def settle(space: FakeSpaceProcess, quiet: float = 3.0, timeout: float = 60.0) -> int:
+    """Wait until no job runs and no join arrives for ``quiet`` seconds; return the joins."""
+    last, since = -1, time.monotonic()
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        stats = space.stats()
+        if stats["joins"] != last or stats["running"] or stats["waiting"]:
+            last, since = stats["joins"], time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return int(last)
+        time.sleep(0.2)
+    pytest.fail(f"the fake Space never went quiet: {space.stats()}")
+
+
+def test_a_killed_driver_leaves_no_actor_and_a_local_resume_no_spool(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    """kill -9 of the driver on a cluster node: its actors on that node stop at once
+    (they watch its process, as on a private Ray) and Ray ends them; the local engine
+    then finishes the job, sends only the missing rows and removes the spool."""
+    rows, block = 200, 4 * 4  # 2 actors x 4 in flight; a block is 4 windows
+    space.control(down=False)
+    joins_before = settle(space, quiet=1.0)
+    run = Run(tmp_path, "killed", space.url, cluster.address, "--actors", "2",
+              "--per-actor-concurrency", "4", rows=rows)
+    run.wait_saved(24)
+    assert len(map_workers(cluster)) == 2
+    run.proc.kill()
+    run.proc.wait()
+    killed = time.monotonic()
+    while map_workers(cluster):
+        assert time.monotonic() - killed < 30, "the actors outlived their driver by 30 s"
+        time.sleep(0.05)
+    actors_gone = time.monotonic() - killed
+    joins_killed = settle(space) - joins_before
+    saved = run.saved()
+    assert Path(str(run.out) + ".spool").is_dir()  # what a killed run leaves
+    lost = joins_killed - saved
+    assert 0 <= lost <= block, (joins_killed, saved)
+
+    resume = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(run.dir / "in.jsonl"), "-o",
+         str(run.out), "--url", space.url, "--no-progress", "--concurrency", "8"],
+        cwd=REPO, env=driver_env(), capture_output=True, text=True, timeout=120)
+    assert resume.returncode == 0, resume.stderr
+    joins_resumed = settle(space, quiet=1.0) - joins_before - joins_killed
+    assert not Path(str(run.out) + ".spool").exists()
+    ids = [r["id"] for r in iter_jsonl_records(str(run.out))]
+    assert len(ids) == len(set(ids)) == rows
+    assert joins_resumed == rows - saved
+    print(f"\nkilled driver on a cluster: actors gone {actors_gone:.2f} s after the kill; "
+          f"{saved} rows saved, {lost} requested but lost; local resume sent {joins_resumed}")
+
+
+def _stop_runs(tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
+    codes: list[int] = []
+    started = time.monotonic()
+    for i in range(REPEATS):
+        space.control(down=False)
+        args = ["--actors", "2", "--per-actor-concurrency", "4"]
+        if how == "max-outage":
+            args += ["--max-outage", "1", "--max-attempts", "50"]
+        run = Run(tmp_path, f"{how}-{i}", space.url, cluster.address, *args)
+        run.wait_saved(8)
+        if how == "SIGINT":
+            run.proc.send_signal(signal.SIGINT)
+        elif how == "SIGTERM":
+            run.proc.send_signal(signal.SIGTERM)
+        else:
+            space.control(down=True)
+        code = run.wait(90)
+        codes.append(code)
+        expected = 4 if how == "max-outage" else 130
+        assert code == expected, f"repeat {i}: exit {code}; stderr:\n{run.stderr}"
+        report = run.report()
+        if how == "max-outage":
+            assert report["endpoint_down"], report
+        else:
+            assert report["interrupted"] is True, report
+        assert report["succeeded"] == run.saved()
+        assert not Path(str(run.out) + ".spool").exists()
+    space.control(down=False)
+    print(f"\n{how} on a cluster: {REPEATS} runs, exit codes {sorted(set(codes))}, "
+          f"{time.monotonic() - started:.0f} s in all")
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "max-outage"])
+def test_every_stop_on_a_cluster_ends_with_its_exit_code_and_a_summary(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
+    """Before: exit 1 and no summary in 2/10 Ctrl-C, 1/10 SIGTERM, 2/4 --max-outage runs."""
+    _stop_runs(tmp_path, cluster, space, how)
