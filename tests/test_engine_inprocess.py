@@ -27,6 +27,7 @@ from inprocess_engine import InProcessExecutor, open_inprocess
 from pipeline.app import RunOptions, RunOutcome, run
 from pipeline.cli import main
 from pipeline.client import Timeouts
+from pipeline.engines import EngineOptions
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
 from pipeline.jsonl import iter_jsonl_records
@@ -308,16 +309,15 @@ async def test_an_engine_that_never_starts_stops_after_the_start_timeout_with_ex
     monkeypatch.setattr(distributed, "WAIT_NOTE_EVERY", 0.1)
 
     @contextlib.asynccontextmanager
-    async def never(opts: RunOptions, rows: Any, settings: Any, stop: Any, state: Any
+    async def never(opts: EngineOptions, rows: Any, settings: Any, stop: Any, state: Any
                     ) -> AsyncIterator[AsyncIterator[Any]]:
         async with distributed.open_executor(executor, opts, rows, settings, stop, state,
                                              start_timeout=0.5) as results:
             yield results
 
-    monkeypatch.setattr("pipeline.engines.inprocess.open_inprocess", never)
     write_input(tmp_path / "in.jsonl", messy=False)
     outcome = await run(options(tmp_path, space.url, "out.jsonl",
-                                summary_path=str(tmp_path / "summary.json")))
+                                summary_path=str(tmp_path / "summary.json")), engine=never)
     assert outcome.exit_code == 4
     stalled = json.loads((tmp_path / "summary.json").read_text())["stalled"]
     assert "did not start in 0.5 s (--engine-start-timeout)" in stalled

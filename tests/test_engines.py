@@ -24,7 +24,7 @@ def engine_options(engine: str) -> EngineOptions:
     return EngineOptions(engine=engine, urls=("http://127.0.0.1:9",), timeouts=Timeouts(),
                          proxy=None, hf_token=None, ca_bundle=None, max_response_chars=None,
                          output="out.jsonl", concurrency=4, actors=2, per_actor_concurrency=None,
-                         ray_address=None)
+                         ray_address=None, engine_connect_timeout=30.0, engine_start_timeout=120.0)
 
 
 def test_the_command_line_offers_exactly_the_package_engines() -> None:
