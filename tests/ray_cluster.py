@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,8 @@ class RayCluster:
             if not left:
                 break
             time.sleep(0.5)
+        if not self.pids():
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
