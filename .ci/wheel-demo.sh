@@ -59,7 +59,12 @@ print(len((files("pipeline") / "samples" / "prompts.jsonl").read_text(encoding="
 rc=0; timeout 120 "$qb" demo >"$work/demo1.out" 2>"$work/demo1.err" || rc=$?
 [ "$rc" -eq 0 ] || { cat "$work/demo1.err" >&2; fail "the first qwen-batch demo exited $rc"; }
 grep -q "Resumed:" "$work/demo1.err" && fail "the first demo claims to resume"
-completions="$work/cache/qwen-batch/demo/prompts.completions.jsonl"
+# The demo names its output file; it must be in the cache folder the demo promises.
+completions="$(sed -n 's/^Completions: //p' "$work/demo1.err")"
+case "$completions" in
+    "$work/cache/qwen-batch/demo/"*) ;;
+    *) cat "$work/demo1.err" >&2; fail "the demo's output '$completions' is not in $work/cache/qwen-batch/demo" ;;
+esac
 [ "$(wc -l <"$completions")" -eq "$rows" ] || fail "$completions does not hold $rows records"
 rc=0; timeout 120 "$qb" demo >"$work/demo2.out" 2>"$work/demo2.err" || rc=$?
 [ "$rc" -eq 0 ] || { cat "$work/demo2.err" >&2; fail "the second qwen-batch demo exited $rc"; }

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from external_tools import executable_or_skip
 
 from pipeline.fake_space import FakeSpace, FakeSpaceConfig
 
@@ -127,17 +128,8 @@ class ThreadedTLSSpace:
 
 def mitmdump_or_skip() -> str:
     """The mitmdump named by QWEN_BATCH_MITMDUMP; skip if unset, fail under QWEN_BATCH_REQUIRE_PROXY=1."""
-    path = os.environ.get("QWEN_BATCH_MITMDUMP", "").strip()
-    required = os.environ.get("QWEN_BATCH_REQUIRE_PROXY", "").strip() == "1"
-    if not path:
-        reason = ("QWEN_BATCH_MITMDUMP is not set: no real proxy for the proxy tests "
-                  '(build one with: envs="$(bash .ci/mitmproxy-env.sh)" && eval "$envs")')
-        if required:
-            pytest.fail(f"QWEN_BATCH_REQUIRE_PROXY=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.fail(f"QWEN_BATCH_MITMDUMP={path!r} is not an executable file", pytrace=False)
-    return path
+    return executable_or_skip("QWEN_BATCH_MITMDUMP", "QWEN_BATCH_REQUIRE_PROXY",
+                              "real proxy for the proxy tests", ".ci/mitmproxy-env.sh")
 
 
 @dataclass

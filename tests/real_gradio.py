@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from captures import CAPTURES_DIR
+from external_tools import executable_or_skip
 
 TESTS_DIR = Path(__file__).resolve().parent
 APP_PATH = TESTS_DIR / "gradio_space_app.py"
@@ -71,19 +70,8 @@ def gradio_python_or_skip(env_var: str) -> str:
     With ``QWEN_BATCH_REQUIRE_GRADIO=1`` (CI) a missing or broken interpreter is a test *failure*,
     so the real-server tests can never be skipped silently.
     """
-    python = os.environ.get(env_var, "").strip()
-    required = os.environ.get("QWEN_BATCH_REQUIRE_GRADIO", "").strip() == "1"
-    if not python:
-        reason = (
-            f"{env_var} is not set: no gradio interpreter for the real-server tests "
-            f'(build one with: envs="$(bash .ci/gradio-envs.sh)" && eval "$envs")'
-        )
-        if required:
-            pytest.fail(f"QWEN_BATCH_REQUIRE_GRADIO=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        pytest.fail(f"{env_var}={python!r} is not an executable file", pytrace=False)
-    return python
+    return executable_or_skip(env_var, "QWEN_BATCH_REQUIRE_GRADIO",
+                              "gradio interpreter for the real-server tests", ".ci/gradio-envs.sh")
 
 
 # ------------------------------------------------------------------------------------ the server
