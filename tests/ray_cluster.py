@@ -10,6 +10,7 @@ the temp dir in their command lines.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -148,6 +149,31 @@ class RayCluster:
             time.sleep(0.5)
         if not self.pids():
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+HOLD_WORKERS = """\
+import os, sys, time
+_flag = os.environ.get("QWEN_BATCH_TEST_HOLD_WORKERS")
+if _flag and sys.argv and sys.argv[0].endswith("default_worker.py"):
+    _end = time.monotonic() + 120
+    while os.path.exists(_flag) and time.monotonic() < _end:
+        time.sleep(0.1)
+"""
+
+
+def held_workers_env(folder: Path, flag: Path) -> dict[str, str]:
+    """Driver environment whose job's Ray workers do not start while ``flag`` exists.
+
+    The job's runtime environment (``RAY_JOB_CONFIG_JSON_ENV_VAR``, read by
+    ``ray.init`` as for a submitted job) puts a ``sitecustomize`` on the workers' path
+    that waits for the flag to go (at most 120 s): the run's actors and read task stay
+    pending, as on a cluster slow to start them, and nobody else's workers are held.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HOLD_WORKERS, encoding="utf-8")
+    runtime_env = {"env_vars": {"PYTHONPATH": str(folder),
+                                "QWEN_BATCH_TEST_HOLD_WORKERS": str(flag)}}
+    return {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": runtime_env})}
 
 
 def _running(pid: int) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 from fake_space_process import FakeSpaceProcess, fake_space_process
-from ray_cluster import RayCluster
+from ray_cluster import RayCluster, held_workers_env
 
 from pipeline.writers import iter_jsonl_records
 
@@ -301,3 +301,58 @@ def test_every_stop_on_a_cluster_ends_with_its_exit_code_and_a_summary(
         tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
     """Before: exit 1 and no summary in 2/10 Ctrl-C, 1/10 SIGTERM, 2/4 --max-outage runs."""
     _stop_runs(tmp_path, cluster, space, how)
+
+
+@pytest.fixture(scope="module")
+def warmed(cluster: RayCluster, space: FakeSpaceProcess, tmp_path_factory: pytest.TempPathFactory
+           ) -> RayCluster:
+    """The cluster once a run has finished on it: Ray Data's own detached actors (the
+    actor-location tracker and others) exist, as on any cluster that has run a dataset."""
+    run = Run(tmp_path_factory.mktemp("warm"), "warm", space.url, cluster.address,
+              "--actors", "1", rows=4)
+    assert run.wait(120) == 0, run.stderr
+    return cluster
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "start-timeout"])
+def test_a_stop_while_the_actors_start_ends_with_its_exit_code_and_a_summary(
+        tmp_path: Path, warmed: RayCluster, space: FakeSpaceProcess, how: str) -> None:
+    """The run's Ray workers are held (they do not start): the run waits for its actors,
+    saying so, until a signal or --engine-start-timeout ends the wait.
+
+    Before: SIGTERM ended in SIGABRT (exit -6) and no summary; Ctrl-C waited 15 s for a
+    reader stuck in Ray Data's iterator, then shut Ray down under Ray Data's thread."""
+    flag = tmp_path / "hold"
+    flag.write_text("held", encoding="utf-8")
+    env = driver_env(**held_workers_env(tmp_path / "held", flag))
+    args = ["--actors", "2", "--per-actor-concurrency", "4"]
+    if how == "start-timeout":
+        args += ["--engine-start-timeout", "6"]
+    run = Run(tmp_path, how, space.url, warmed.address, *args, rows=40, env=env)
+    try:
+        end = time.monotonic() + 60
+        while "for the engine to start" not in run.stderr:  # the start-wait note
+            assert run.proc.poll() is None and time.monotonic() < end, run.stderr
+            time.sleep(0.05)
+        sent = time.monotonic()
+        if how != "start-timeout":
+            run.proc.send_signal(getattr(signal, how))
+        code = run.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        flag.unlink()
+    assert code == (4 if how == "start-timeout" else 130), f"exit {code}; stderr:\n{run.stderr}"
+    report = run.report()
+    if how == "start-timeout":
+        assert "did not start in 6 s (--engine-start-timeout)" in report["stalled"], report
+        assert "2 actors (0.25 CPU each) and the read task" in report["stalled"]
+    else:
+        assert report["interrupted"] is True, report
+        assert took < 15, took  # a bound against a hang, not a speed test
+    assert report["succeeded"] == 0
+    assert not Path(str(run.out) + ".spool").exists()
+    end = time.monotonic() + 60
+    while map_workers(warmed):  # the run's actors, once their workers were let go
+        assert time.monotonic() < end, "the run's actors outlived it by 60 s"
+        time.sleep(0.2)
+    print(f"\n{how} while the actors start: exit {code} {took:.2f} s after the stop")

@@ -149,6 +149,22 @@ def call_with_timeout(fn: Callable[[], T], timeout: float, name: str) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
+FAILURE_HANDLER_SWITCH = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+
+
+def driver_signals_to_python() -> None:
+    """Keep Ray's crash handler off SIGTERM in this process (before ``ray.init``).
+
+    Ray's core worker installs a C++ handler for SIGTERM (among crash signals) that
+    prints a stack trace, passes the signal on, and arms a 3 s alarm that then aborts
+    the process (SIGABRT) whatever it is doing: a run stopping on SIGTERM died before
+    writing its summary whenever its orderly stop took longer (measured: every SIGTERM
+    while the actors were starting). The run handles SIGTERM itself (exit 130). The
+    operator's own setting wins; processes started by a private Ray inherit it.
+    """
+    os.environ.setdefault(FAILURE_HANDLER_SWITCH, "1")
+
+
 def fit_actors(requested: int, free_cpus: float, actor_cpus: float, address: str) -> int:
     """Actors that fit ``free_cpus`` beside the read task; ConfigError (exit 2) if none does."""
     needed = requested * actor_cpus + READ_TASK_CPUS

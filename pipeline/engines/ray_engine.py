@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -48,6 +49,7 @@ from .ray_connect import (
     READ_TASK_CPUS,
     call_with_timeout,
     connect_failure,
+    driver_signals_to_python,
     fit_actors,
     gcs_connect_budget,
     probe,
@@ -65,6 +67,10 @@ BATCHES_PER_BLOCK = 4
 
 PACKET_BLOCK_BYTES = 1
 """The dataset's ``target_max_block_size``: every packet (one row) is a block of its own."""
+
+SETTLE_SECONDS = 10.0
+"""How long :meth:`RayExecutor.close` waits for every Ray call of the run to end before
+``ray.shutdown`` (a Ray call in flight at shutdown ends the process with exit 1)."""
 
 
 class RayExecutor:
@@ -85,7 +91,9 @@ class RayExecutor:
         self.joined: str | None = None
         """The cluster's address once joined (``--address`` resolved)."""
         self._owns_ray = False
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held by ray.init and ray.shutdown
+        self._calls = threading.Lock()  # held by this engine's own Ray calls (fit, awaiting)
+        self._state = threading.Lock()  # guards _closing and _streaming together
         self._closing = False
         self._streaming: Any = None  # Ray Data's StreamingExecutor of the running dataset
 
@@ -99,6 +107,7 @@ class RayExecutor:
 
         level = logging.INFO if self.verbose else logging.ERROR
         if not ray.is_initialized():
+            driver_signals_to_python()
             # Workers' output is forwarded to the driver's stdout and stderr: not when the
             # records go to stdout (their logs stay in Ray's session directory).
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": level,
@@ -150,7 +159,10 @@ class RayExecutor:
         """Fit the actors to the cluster's free CPUs (ConfigError when not even one fits)."""
         import ray
 
-        free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
+        with self._calls:
+            if self._closing:
+                return
+            free = float(ray.available_resources().get("CPU", 0.0))  # type: ignore[no-untyped-call]
         fitted = fit_actors(self.requested_actors, free, ACTOR_CPUS,
                             self.joined or str(self.address))
         if fitted != self.actors:
@@ -166,13 +178,15 @@ class RayExecutor:
         """What the engine waits for before its first actor runs (for the waiting message)."""
         text = (f"{self.actors} actors ({ACTOR_CPUS:g} CPU each) and the read task "
                 f"({READ_TASK_CPUS:g} CPU)")
-        with contextlib.suppress(Exception):
-            import ray
+        import ray
 
-            free, total = call_with_timeout(
-                lambda: (ray.available_resources().get("CPU", 0.0),  # type: ignore[no-untyped-call]
-                         ray.cluster_resources().get("CPU", 0.0)),  # type: ignore[no-untyped-call]
-                2.0, "qwen-batch-ray-cpus")
+        # In the caller's thread, under the lock close() takes before ray.shutdown: a
+        # query left running in a thread of its own would meet a shut-down Ray.
+        with self._calls, contextlib.suppress(Exception):
+            if self._closing:
+                return text
+            free = ray.available_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+            total = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
             text += f"; the cluster has {free:g} of {total:g} CPUs free"
         return text
 
@@ -204,55 +218,91 @@ class RayExecutor:
             )
         finally:
             context.target_max_block_size = default_block_bytes
+        self._capture_streaming(dataset)
         iterator = dataset.iterator()
-        self._capture_streaming(iterator)
         for packets in iterator.iter_batches(batch_format="pyarrow", batch_size=None,
                                              prefetch_batches=0):
             yield from unpack(packets)
 
-    def _capture_streaming(self, iterator: Any) -> None:
-        """Keep the dataset's StreamingExecutor, so that :meth:`stop` can end it from any thread.
+    def _capture_streaming(self, dataset: Any) -> None:
+        """Keep the dataset's StreamingExecutor once it runs, so that :meth:`stop` can end
+        it from any thread.
 
-        Without it, a reader blocked in Ray Data's iterator only notices the end when
-        the next block comes (with the Space down: never), and ``ray.shutdown`` under it
-        fails the run.
+        Ray Data hands the executor back only with the first block (it waits for it
+        inside ``iter_batches``): while the actors start, a reader would otherwise be
+        stuck there with nothing able to end it, and ``ray.shutdown`` under it ends the
+        process (exit 1, or SIGABRT after a SIGTERM) before the summary is written.
         """
-        make = getattr(iterator, "_to_ref_bundle_iterator", None)
+        make = getattr(dataset, "_create_executor", None)
         if make is None:  # another Ray Data: stop() then relies on the reader's close
             return
 
-        def capture() -> Any:
-            bundles, stats, streaming = make()
-            self._streaming = streaming
-            if self._closing:
-                self._stop_streaming()
-            return bundles, stats, streaming
+        def create() -> Any:
+            streaming = make()
+            execute = streaming.execute
 
-        iterator._to_ref_bundle_iterator = capture
+            def execute_and_keep(*args: Any, **kwargs: Any) -> Any:
+                outputs = execute(*args, **kwargs)  # starts the executor's thread
+                with self._state:
+                    self._streaming = streaming
+                    closing = self._closing
+                if closing:  # stop() came while the executor started: end it now
+                    self._stop_streaming()
+                return outputs
+
+            streaming.execute = execute_and_keep
+            return streaming
+
+        dataset._create_executor = create
 
     def _stop_streaming(self) -> None:
-        streaming = self._streaming
-        if streaming is not None:
-            with contextlib.suppress(Exception):
-                streaming.shutdown(force=True)
+        with self._state:
+            streaming = self._streaming
+        if streaming is None:
+            return
+        with contextlib.suppress(Exception):
+            streaming.shutdown(force=True)  # kills the actors; joins its thread for 2 s
+        # Its thread marks the output finished when it ends; should it be stuck in a Ray
+        # call, the reader must still leave.
+        with contextlib.suppress(Exception):
+            streaming._output_node[1].mark_finished(None)
 
     def stop(self) -> None:
         """End the dataset's execution: the reader's iterator ends soon after (Ray stays up)."""
-        self._closing = True
+        with self._state:
+            self._closing = True
         self._stop_streaming()
+
+    def _settle(self, seconds: float) -> None:
+        """Wait (bounded) until no Ray call of this run is in flight: Ray Data's executor
+        thread has ended and neither :meth:`_fit` nor :meth:`awaiting` is inside Ray."""
+        end = time.monotonic() + seconds
+        thread = self._streaming
+        if isinstance(thread, threading.Thread) and thread.is_alive():
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                log.warning("Ray Data's executor is still running after %g s; leaving Ray "
+                            "anyway", seconds)
+        if self._calls.acquire(timeout=max(0.1, end - time.monotonic())):
+            self._calls.release()  # _closing is set: no new call starts after this
+        else:
+            log.warning("a query of the Ray cluster is still running after %g s; leaving "
+                        "Ray anyway", seconds)
 
     def close(self) -> None:
         """Leave (or stop) Ray; call once the reader has left Ray Data's iterator."""
-        self._closing = True
+        with self._state:
+            self._closing = True
         if not self._lock.acquire(timeout=0.1):
             return  # ray.init still runs (abandoned): it leaves the cluster when it ends
         try:
             if self._owns_ray:
                 import ray
 
+                self._settle(SETTLE_SECONDS)
                 self._owns_ray = False
-                # Should a reader thread still be inside Ray Data, its next Ray call must
-                # fail, not start a new Ray behind our back.
+                # Should a thread still be inside Ray Data, its next Ray call must fail,
+                # not start a new Ray behind our back.
                 with contextlib.suppress(Exception):
                     ray._private.auto_init_hook.enable_auto_connect = False
                 logging.getLogger("ray.data").setLevel(logging.CRITICAL)
