@@ -31,12 +31,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ports() -> list[str]:
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--dashboard-port", str(free_port())]
+def distinct_ports(count: int) -> list[int]:
+    """``count`` different free ports: all bound at once, so none is handed out twice
+    (one :func:`free_port` after another may return the same port; ``ray start`` then
+    fails: "trying to use a port number … that is used by other components")."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _ports(exclude: int | None = None) -> list[str]:
+    names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
+             "--dashboard-port"]
+    ports = [p for p in distinct_ports(len(names) + 1) if p != exclude][:len(names)]
+    return [arg for name, port in zip(names, ports, strict=True) for arg in (name, str(port))]
 
 
 def _wait_listening(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -79,7 +90,7 @@ class RayCluster:
                ) -> None:
         log = self.root / f"{name}.log"
         cmd = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
-               "--temp-dir", str(self.root / name), *_ports(), *args]
+               "--temp-dir", str(self.root / name), *_ports(exclude=self.port), *args]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, env=self.env,

@@ -8,7 +8,11 @@ real ``qwen-batch run`` process joining it:
 * too many actors for the free CPUs: fitted to what is free, said so, and the run finishes;
 * the wrong token settings: exit 4 within the connect timeout, naming authentication;
 * Ctrl-C, SIGTERM and ``--max-outage`` on the cluster: the right exit code and a summary
-  file, ``QWEN_BATCH_RAY_REPEATS`` times each (20 by default).
+  file, ``QWEN_BATCH_RAY_REPEATS`` times each (20 by default). Each repeat is one driver
+  with one actor on the module's cluster and one prepared input; Ctrl-C and SIGTERM come
+  at moments spread over the run's life (joining, starting the actors, running);
+* Ctrl-C, SIGTERM and ``--engine-start-timeout`` while the actors start (their workers
+  held back by the job's runtime environment).
 
 The tests that need no cluster (nothing listening, a stale ``auto`` file, Ctrl-C while
 connecting) are in ``tests/test_engine_ray_connect.py``.
@@ -90,14 +94,17 @@ class Run:
     """One ``qwen-batch run --engine ray --address <cluster>`` process."""
 
     def __init__(self, tmp: Path, name: str, url: str, address: str, *args: str,
-                 rows: int = 400, env: dict[str, str] | None = None) -> None:
+                 rows: int = 400, env: dict[str, str] | None = None,
+                 source: Path | None = None) -> None:
         self.dir = tmp / name
         self.dir.mkdir()
-        write_input(self.dir / "in.jsonl", rows)
+        self.input = source or self.dir / "in.jsonl"
+        if source is None:
+            write_input(self.input, rows)
         self.out = self.dir / "out.jsonl"
         self.summary = self.dir / "summary.json"
         self.stderr_path = self.dir / "stderr"
-        cmd = [sys.executable, "-m", "pipeline", "run", str(self.dir / "in.jsonl"),
+        cmd = [sys.executable, "-m", "pipeline", "run", str(self.input),
                "-o", str(self.out), "--url", url, "--engine", "ray", "--address", address,
                "--no-progress", "--fixed-concurrency", "--retry-delay", "0.05",
                "--retry-max-delay", "0.2", "--summary", str(self.summary), *args]
@@ -264,43 +271,78 @@ def test_a_killed_driver_leaves_no_actor_and_a_local_resume_no_spool(
           f"{saved} rows saved, {lost} requested but lost; local resume sent {joins_resumed}")
 
 
-def _stop_runs(tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
-    codes: list[int] = []
-    started = time.monotonic()
-    for i in range(REPEATS):
-        space.control(down=False)
-        args = ["--actors", "2", "--per-actor-concurrency", "4"]
-        if how == "max-outage":
-            args += ["--max-outage", "1", "--max-attempts", "50"]
-        run = Run(tmp_path, f"{how}-{i}", space.url, cluster.address, *args)
-        run.wait_saved(8)
-        if how == "SIGINT":
-            run.proc.send_signal(signal.SIGINT)
-        elif how == "SIGTERM":
-            run.proc.send_signal(signal.SIGTERM)
-        else:
-            space.control(down=True)
-        code = run.wait(90)
-        codes.append(code)
-        expected = 4 if how == "max-outage" else 130
-        assert code == expected, f"repeat {i}: exit {code}; stderr:\n{run.stderr}"
-        report = run.report()
-        if how == "max-outage":
-            assert report["endpoint_down"], report
-        else:
-            assert report["interrupted"] is True, report
-        assert report["succeeded"] == run.saved()
-        assert not Path(str(run.out) + ".spool").exists()
+RAY_SIGTERM_TRACE = "*** SIGTERM received"
+"""What Ray's C++ crash handler prints on SIGTERM, before it aborts the process 3 s later."""
+STOP_MOMENTS: tuple[float | None, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, None)
+"""When a repeat sends its signal: seconds after the run's banner (joining the cluster,
+fitting, starting the actor), or None: once a row is saved (running)."""
+
+
+@pytest.fixture(scope="module")
+def prepared_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "in.jsonl"
+    write_input(path, 400)
+    return path
+
+
+def _stop_one(tmp: Path, cluster: RayCluster, space: FakeSpaceProcess, source: Path,
+              how: str, i: int) -> tuple[int, float]:
+    """One repeat: start a run, stop it ``how``, check its exit code, summary and spool."""
     space.control(down=False)
-    print(f"\n{how} on a cluster: {REPEATS} runs, exit codes {sorted(set(codes))}, "
-          f"{time.monotonic() - started:.0f} s in all")
+    args = ["--actors", "1", "--per-actor-concurrency", "4"]
+    if how == "max-outage":
+        args += ["--max-outage", "1", "--max-attempts", "50"]
+    run = Run(tmp, f"{how}-{i}", space.url, cluster.address, *args, source=source)
+    moment = None if how == "max-outage" else STOP_MOMENTS[i % len(STOP_MOMENTS)]
+    if moment is None:
+        run.wait_saved(1)
+    else:
+        end = time.monotonic() + 60
+        while "ray engine on Ray cluster" not in run.stderr:  # the banner: joining now
+            assert run.proc.poll() is None and time.monotonic() < end, run.stderr
+            time.sleep(0.02)
+        time.sleep(moment)
+    if how == "max-outage":
+        space.control(down=True)
+    else:
+        run.proc.send_signal(getattr(signal, how))
+    code = run.wait(90)
+    took = time.monotonic() - run.started
+    expected = 4 if how == "max-outage" else 130
+    where = f"repeat {i} (stop {'once running' if moment is None else f'{moment} s in'})"
+    assert code == expected, f"{where}: exit {code}; stderr:\n{run.stderr}"
+    assert RAY_SIGTERM_TRACE not in run.stderr, f"{where}: Ray's crash handler caught it"
+    report = run.report()
+    if how == "max-outage":
+        assert report["endpoint_down"], report
+    else:
+        assert report["interrupted"] is True, report
+    assert report["succeeded"] == run.saved(), (where, report)
+    assert not Path(str(run.out) + ".spool").exists(), where
+    return code, took
+
+
+def _stop_runs(tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, source: Path,
+               how: str) -> None:
+    started = time.monotonic()
+    took = [_stop_one(tmp_path, cluster, space, source, how, i)[1] for i in range(REPEATS)]
+    space.control(down=False)
+    end = time.monotonic() + 30
+    while map_workers(cluster):
+        assert time.monotonic() < end, "an actor outlived its run by 30 s"
+        time.sleep(0.2)
+    took.sort()
+    print(f"\n{how} on a cluster: {REPEATS} runs, each {took[0]:.1f}-{took[-1]:.1f} s "
+          f"(median {took[len(took) // 2]:.1f} s), {time.monotonic() - started:.0f} s in all")
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "max-outage"])
 def test_every_stop_on_a_cluster_ends_with_its_exit_code_and_a_summary(
-        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, how: str) -> None:
-    """Before: exit 1 and no summary in 2/10 Ctrl-C, 1/10 SIGTERM, 2/4 --max-outage runs."""
-    _stop_runs(tmp_path, cluster, space, how)
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess, prepared_input: Path,
+        how: str) -> None:
+    """Before: exit 1 and no summary in 2/10 Ctrl-C, 1/10 SIGTERM, 2/4 --max-outage runs;
+    then exit -6 (SIGABRT) for a SIGTERM while joining or while the actors started."""
+    _stop_runs(tmp_path, cluster, space, prepared_input, how)
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +391,7 @@ def test_a_stop_while_the_actors_start_ends_with_its_exit_code_and_a_summary(
     else:
         assert report["interrupted"] is True, report
         assert took < 15, took  # a bound against a hang, not a speed test
+    assert RAY_SIGTERM_TRACE not in run.stderr, run.stderr
     assert report["succeeded"] == 0
     assert not Path(str(run.out) + ".spool").exists()
     end = time.monotonic() + 60

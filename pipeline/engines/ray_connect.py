@@ -153,13 +153,15 @@ FAILURE_HANDLER_SWITCH = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 def driver_signals_to_python() -> None:
-    """Keep Ray's crash handler off SIGTERM in this process (before ``ray.init``).
+    """Keep Ray's crash handler off SIGTERM in this process (before Ray is imported:
+    the switch is read then).
 
     Ray's core worker installs a C++ handler for SIGTERM (among crash signals) that
-    prints a stack trace, passes the signal on, and arms a 3 s alarm that then aborts
-    the process (SIGABRT) whatever it is doing: a run stopping on SIGTERM died before
-    writing its summary whenever its orderly stop took longer (measured: every SIGTERM
-    while the actors were starting). The run handles SIGTERM itself (exit 130). The
+    prints a stack trace, passes the signal on, and arms an alarm (absl's default, 3 s)
+    that then aborts the process (SIGABRT) whatever it is doing: a run stopping on
+    SIGTERM died with exit -6 whenever its orderly stop (or Python's exit after it) took
+    longer (measured: every SIGTERM while the actors were starting, and some while
+    joining the cluster). The run handles SIGTERM itself (exit 130). The
     operator's own setting wins; processes started by a private Ray inherit it.
     """
     os.environ.setdefault(FAILURE_HANDLER_SWITCH, "1")

@@ -107,7 +107,6 @@ class RayExecutor:
 
         level = logging.INFO if self.verbose else logging.ERROR
         if not ray.is_initialized():
-            driver_signals_to_python()
             # Workers' output is forwarded to the driver's stdout and stderr: not when the
             # records go to stdout (their logs stay in Ray's session directory).
             kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": level,
@@ -313,6 +312,7 @@ class RayExecutor:
 
 def require_ray() -> None:
     """ConfigError (exit 2) when Ray Data cannot be imported."""
+    driver_signals_to_python()  # before Ray's first import, which reads it
     try:
         import ray.data  # noqa: F401
     except ImportError as exc:
