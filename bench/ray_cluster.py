@@ -20,7 +20,8 @@ process:
 * ``nothing_listens``, ``no_token_mode``: the wrong port, and the cluster without
   ``RAY_AUTH_MODE=token`` in the driver's environment: exit code and seconds.
 
-Results: ``bench/results/ray_cluster.json`` (``--out``); docs/ray.md quotes them.
+Results: ``bench/results/ray_cluster.json`` (``--out``); ``bench/ray_cluster_report.py``
+puts them in docs/ray.md.
 Stops every process it started (never ``ray stop``, which ends every Ray on the machine).
 """
 
