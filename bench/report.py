@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, RESULTS_DIR
+from ray_cluster_report import render as render_cluster_results
 
 DOC = REPO / "docs" / "benchmarks.md"
 RAY_DOC = REPO / "docs" / "ray.md"
@@ -769,11 +770,23 @@ def render_ray_costs(size: str) -> str:
 
 # --------------------------------------------------------------------------------- the docs
 Renderer = Callable[[str], str]
+RAY_CLUSTER_RESULTS = "ray_cluster.json"
+
+
+def render_ray_cluster(size: str) -> str:
+    """The ``ray_cluster`` block: a run on a local two-node cluster (bench/ray_cluster.py)."""
+    path = RESULTS_DIR / RAY_CLUSTER_RESULTS
+    if not path.exists():
+        return missing(RAY_CLUSTER_RESULTS)
+    return render_cluster_results(json.loads(path.read_text(encoding="utf-8"))) + "\n"
+
+
 DOCS: dict[Path, dict[str, Renderer]] = {
     DOC: {"summary": render_summary, "changes": render_changes, "zero_gap": render_zero_gap,
           "memory_left": render_memory_left, "alternatives": render_alternatives,
           "results": render_results},
-    RAY_DOC: {"ray_vs_local": render_ray_vs_local, "ray_costs": render_ray_costs},
+    RAY_DOC: {"ray_vs_local": render_ray_vs_local, "ray_costs": render_ray_costs,
+              "ray_cluster": render_ray_cluster},
 }
 
 
@@ -814,6 +827,8 @@ ALLOWED: dict[str, dict[str, str]] = {
     "docs/benchmarks.md": {"1 MiB": "pipeline.readers_arrow._PARQUET_BUFFER",
                            "128 KiB": "pipeline.alloc.MMAP_THRESHOLD"},
     "docs/ray.md": {"0.5 s": "pipeline.engines.actor.ActorConfig.flush_interval",
+                    "5 s": "pipeline.engines.distributed.WAIT_NOTE_EVERY",
+                    "120 s": "pipeline.settings.EngineSettings.start_timeout",
                     "10 s": "pipeline.engines.distributed.DEADLINE_SLACK",
                     "0.1 s": "pipeline.engines.stream.DRIVER_POLL_SECONDS"},
 }

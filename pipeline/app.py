@@ -20,7 +20,7 @@ from .columns import Records, close_records, open_checked_input, output_types
 from .endpoints import MAX_COOLDOWN
 from .engines import Engine, EngineOptions, open_engine
 from .errorlog import compact_errors
-from .errors import EndpointDownError, InputError, OutputError
+from .errors import EndpointDownError, EngineUnavailableError, InputError, OutputError
 from .jobs import KeySet, Plan, PlanCounters, plan_rows
 from .jsonl import JsonlAppender
 from .lock import OutputLock
@@ -198,6 +198,8 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                     progress.advance(result)
             except EndpointDownError as exc:
                 summary.endpoint_down = redact(str(exc))
+            except EngineUnavailableError as exc:  # the cluster: not joined, or not started
+                summary.stalled = redact(str(exc))
             finally:
                 if isinstance(results, AsyncGenerator):
                     # Leaving the loop on an error (a failed write, say) must cancel the

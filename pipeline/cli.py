@@ -314,6 +314,12 @@ def main(verbose: int) -> None:
         help="Ray: actors, each with one pooled session and its own in-flight limit."),
     opt("--per-actor-concurrency", type=click.IntRange(1, 1024),
         help="Ray: requests in flight per actor.  [default: --concurrency / --actors]"),
+    opt("--engine-connect-timeout", type=click.FloatRange(min=0, min_open=True),
+        default=_d(EngineSettings, "connect_timeout"), show_default=True,
+        help="Ray: seconds to join the cluster at --address, then exit 4."),
+    opt("--engine-start-timeout", type=click.FloatRange(min=0, min_open=True),
+        default=_d(EngineSettings, "start_timeout"), show_default=True,
+        help="Ray: seconds for the first actor to start, then exit 4."),
 )
 def run_command(input_path: str, **o: Any) -> None:
     """Run every prompt of INPUT: JSONL (.gz/.zst too), Parquet (a file or a dataset
@@ -381,7 +387,9 @@ def run_options(input_path: str, o: dict[str, Any]) -> RunOptions:
         failure_threshold=o["failure_threshold"], probe_cooldown=o["probe_cooldown"],
         max_outage=o["max_outage"], connect_grace=o["connect_grace"])
     engine = EngineSettings(kind=o["engine"], address=o["ray_address"], actors=o["actors"],
-                            per_actor_concurrency=o["per_actor_concurrency"])
+                            per_actor_concurrency=o["per_actor_concurrency"],
+                            connect_timeout=o["engine_connect_timeout"],
+                            start_timeout=o["engine_start_timeout"])
     return RunOptions(
         input=input_path,
         output=output,

@@ -17,6 +17,7 @@ and listed in the README's table of error types.
     ├── LockedError                   another run holds the output's lock
     ├── EndpointDownError             the endpoint is unreachable or keeps failing (CLI exit 4)
     ├── InternalError                 a bug met while handling one row (the others go on)
+    ├── EngineUnavailableError        the engine (a Ray cluster) cannot be joined or start (exit 4)
     └── RequestError                  one request to the Space failed           [retryable?]
         ├── HTTPStatusError           unexpected HTTP status                    [5xx/429: yes]
         │   ├── QueueFullError        503 "Queue is full"                       [yes]
@@ -99,6 +100,10 @@ class InternalError(QwenBatchError):
 
     error_type = "internal"
     remedy = "a bug in qwen-batch: run again to retry the row, and report it with the -vv log"
+
+
+class EngineUnavailableError(QwenBatchError):
+    """The engine (a Ray cluster) could not be joined or did not start in time: exit 4."""
 
 
 class RequestError(QwenBatchError):

@@ -165,6 +165,10 @@ class EngineSettings:
     """``--actors``: Ray actors, each one pooled session and its own in-flight limit."""
     per_actor_concurrency: int | None = None
     """``--per-actor-concurrency``; None: the batch's concurrency shared out among the actors."""
+    connect_timeout: float = 30.0
+    """``--engine-connect-timeout``: seconds to join the cluster at ``address``."""
+    start_timeout: float = 120.0
+    """``--engine-start-timeout``: seconds for a distributed engine's first worker to start."""
 
     def per_actor(self, concurrency: int) -> int:
         """Requests in flight per actor, given the run's ``concurrency``."""

@@ -105,6 +105,9 @@ class InProcessExecutor:
                 with contextlib.suppress(Exception):
                     await udf.aclose()
 
+    def stop(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self._closed.set()
         loop, task = self._loop, self._task

@@ -9,10 +9,12 @@ default suite. tests/test_engine_ray.py runs the real thing on a local Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from run_options import changed, run_options
 from pipeline.app import RunOptions, RunOutcome, run
 from pipeline.cli import main
 from pipeline.client import Timeouts
+from pipeline.engines import EngineOptions
 from pipeline.fake_space import FakeSpaceConfig, run_fake_space
 from pipeline.fake_space.server import RunningFakeSpace
 from pipeline.jsonl import iter_jsonl_records
@@ -252,3 +255,76 @@ async def test_tables_reach_the_driver_while_their_block_runs(tmp_path: Path,
         await asyncio.to_thread(executor.close)
         spool.remove()
     assert running == 1 and tables >= 2
+
+
+async def test_a_local_run_removes_the_spool_a_killed_ray_run_left(
+        tmp_path: Path, space: RunningFakeSpace) -> None:
+    # A Ray run killed midway leaves <output>.spool/; the engine that finishes the job
+    # (here the local one) removes it. Before: it stayed there for good.
+    write_input(tmp_path / "in.jsonl", messy=False)
+    left = tmp_path / "out.jsonl.spool"
+    left.mkdir()
+    (left / "part-00000.parquet").write_bytes(b"a killed run's spool")
+    done = await run(options(tmp_path, space.url, "out.jsonl", kind="local"))
+    assert done.exit_code == 0 and done.summary.succeeded == ROWS
+    assert not left.exists()
+
+
+class _NeverStarts:
+    """An executor whose actors never run (Ray with no room for them)."""
+
+    actors = 3
+    block_rows = 8
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+        self.notes = 0
+
+    def describe(self) -> str:
+        return "an engine that never starts"
+
+    def start(self) -> None:
+        """Joined at once."""
+
+    def awaiting(self) -> str:
+        self.notes += 1
+        return "3 actors (0.25 CPU each) and the read task (1 CPU)"
+
+    def batches(self, spool: Any, config: Any) -> Iterator[Any]:
+        self.closed.wait()
+        yield from ()
+
+    def stop(self) -> None:
+        self.closed.set()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+async def test_an_engine_that_never_starts_stops_after_the_start_timeout_with_exit_4(
+        tmp_path: Path, space: RunningFakeSpace, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: nothing said what was awaited, and the run waited forever.
+    from pipeline.engines import distributed
+
+    executor = _NeverStarts()
+    monkeypatch.setattr(distributed, "WAIT_NOTE_EVERY", 0.1)
+
+    @contextlib.asynccontextmanager
+    async def never(opts: EngineOptions, rows: Any, settings: Any, stop: Any, state: Any
+                    ) -> AsyncIterator[AsyncIterator[Any]]:
+        async with distributed.open_executor(executor, opts, rows, settings, stop, state,
+                                             start_timeout=0.5) as results:
+            yield results
+
+    write_input(tmp_path / "in.jsonl", messy=False)
+    outcome = await run(options(tmp_path, space.url, "out.jsonl",
+                                summary_path=str(tmp_path / "summary.json")), engine=never)
+    assert outcome.exit_code == 4
+    stalled = json.loads((tmp_path / "summary.json").read_text())["stalled"]
+    assert "did not start in 0.5 s (--engine-start-timeout)" in stalled
+    assert "3 actors (0.25 CPU each) and the read task" in stalled
+    assert executor.notes >= 3  # said every WAIT_NOTE_EVERY, then once more at the end
+    assert "waiting" in capsys.readouterr().err
+    assert executor.closed.is_set() and not (tmp_path / "out.jsonl.spool").exists()
+    assert space.space.stats.joins == 0

@@ -3,13 +3,15 @@
 Needs ``pip install -e '.[test,ray]'``. Skipped when Ray is not installed, unless
 ``QWEN_BATCH_REQUIRE_RAY=1`` (CI), which turns the skip into a failure. Each test
 starts its own small Ray (a few logical CPUs, no dashboard), about 10-20 s apiece on
-2 cores, so there are only two:
+2 cores, so there are only a few:
 
 * a batch on Ray gives the same records, errors and summary as the local engine, with
   the in-flight bound of ``actors x per-actor-concurrency``;
 * a Ray run killed (SIGKILL) midway and started again sends only the rows still missing
   (the first run loses at most one block's worth of requests: those in flight and a few
-  results on their way, see the test) and ends with every id exactly once.
+  results on their way, see the test) and ends with every id exactly once;
+* Ctrl-C and SIGTERM once rows are saved: exit 130 and a summary, Ray's crash handler
+  kept off SIGTERM.
 """
 
 from __future__ import annotations
@@ -243,3 +245,38 @@ def test_a_killed_ray_run_resumed_on_ray_sends_only_the_remaining_rows(tmp_path:
     assert stats["failed"] == 0
     print(f"\nkilled Ray run: {saved} rows saved, {lost} requested but lost; "
           f"resumed Ray run: {joins_second} requests for {rows - saved} missing rows")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_on_a_private_ray_ends_with_130_and_a_summary(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM once rows are saved: the dataset stops, then the private Ray,
+    exit 130 and a summary. Before: Ray's C++ crash handler caught SIGTERM and aborted
+    the driver (SIGABRT) 3 s later whenever the stop took longer."""
+    write_input(tmp_path / "in.jsonl", 200)
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    with fake_space_process(latency=0.3, chunks=3) as space:
+        cmd = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "in.jsonl"), "-o",
+               str(out), "--url", space.url, "--engine", "ray", "--actors", "1",
+               "--per-actor-concurrency", "4", "--no-progress", "--summary", str(summary)]
+        driver = Driver(cmd, tmp_path, "driver")
+        try:
+            deadline = time.monotonic() + 120
+            while lines_in(out) < 1:
+                if driver.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"no row saved (exit {driver.proc.poll()}); "
+                                f"stderr:\n{driver.stderr}")
+                time.sleep(0.05)
+            sent = time.monotonic()
+            driver.proc.send_signal(sig)
+            code = driver.wait(60)
+            took = time.monotonic() - sent
+        finally:
+            driver.kill()
+    assert code == 130, driver.stderr
+    assert "*** SIGTERM received" not in driver.stderr  # Ray's crash handler stayed out
+    report = json.loads(summary.read_text())
+    assert report["interrupted"] is True
+    assert report["succeeded"] == lines_in(out)
+    assert not Path(str(out) + ".spool").exists()
+    print(f"\n{sig.name} on a private Ray: exit {code} {took:.1f} s after the signal")

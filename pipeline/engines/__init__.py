@@ -32,9 +32,9 @@ from pipeline.errors import ConfigError
 from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState
 
-from .base import Engine, EngineOptions, Rows
+from .base import Engine, EngineOptions, Rows, remove_spool, spool_path
 
-__all__ = ["ENGINES", "Engine", "EngineOptions", "Rows", "open_engine"]
+__all__ = ["ENGINES", "Engine", "EngineOptions", "Rows", "open_engine", "remove_spool", "spool_path"]
 
 ENGINES: tuple[str, ...] = ("local", "ray")
 

@@ -79,8 +79,12 @@ class ActorConfig:
     ``concurrency`` and ``rate`` are *per actor* (see
     :func:`~pipeline.engines.distributed.actor_config`) and its relative ``deadline`` is
     unused: ``deadline_at`` is a wall-clock time (``time.time()``), after which no request
-    starts; those in flight get ``batch.grace`` seconds. The token and proxy stay out
-    of the repr (Ray may print it): :class:`~pipeline.settings.ClientSettings` hides them.
+    starts; those in flight get ``batch.grace`` seconds. ``driver_pid`` makes the actors
+    on the driver's machine (``driver_host``, see :func:`.stream.host_identity`; any
+    machine when None) stop the moment the driver ends (:mod:`.stream`). ``announce``: a
+    streaming actor yields an empty table first, to tell the driver it runs. The token
+    and proxy stay out of the repr (Ray may print it):
+    :class:`~pipeline.settings.ClientSettings` hides them.
     """
 
     client: ClientSettings
@@ -91,8 +95,12 @@ class ActorConfig:
     flush_interval: float = 0.5
     """internal: ... or this many seconds after the last table, if anything waits."""
     driver_pid: int | None = None
-    """internal: set only when the actors run on the driver's machine (a private Ray); they
-    stop the moment the driver ends (:mod:`.stream`)."""
+    """internal: the driver's process id; the actors on its machine stop the moment it
+    ends (:mod:`.stream`)."""
+    driver_host: str | None = None
+    """internal: the driver's machine (see :func:`.stream.host_identity`); None: any."""
+    announce: bool = False
+    """internal: a streaming actor yields an empty table first, to say it runs."""
 
     def __post_init__(self) -> None:
         if self.flush_rows is not None and self.flush_rows < 1:

@@ -9,6 +9,7 @@ and a caller of :func:`pipeline.app.run` may pass another (a test double, say).
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -42,3 +43,14 @@ Engine = Callable[
     AbstractAsyncContextManager[AsyncIterator[Result]],
 ]
 """Opens a run's engine: an async context manager over the results of the rows, one per job."""
+
+
+def spool_path(output: str) -> str:
+    """Where a distributed engine spools the rows to do: ``<output>.spool`` (see .distributed)."""
+    return output + ".spool"
+
+
+def remove_spool(output: str) -> None:
+    """Remove a spool an interrupted or killed distributed run left (the caller holds the lock)."""
+    if output != "-":
+        shutil.rmtree(spool_path(output), ignore_errors=True)

@@ -32,31 +32,43 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.batching import MERGE_BATCH_BYTES
 from pipeline.endpoints import EndpointPool
-from pipeline.errors import EndpointDownError, OutputError, QwenBatchError
+from pipeline.errors import (
+    ConfigError,
+    EndpointDownError,
+    EngineUnavailableError,
+    OutputError,
+    QwenBatchError,
+)
 from pipeline.jobs import KeySet
 from pipeline.limits import AdaptiveLimit
 from pipeline.models import Completion, Failure, PromptRow, RequestTrace, Result
 from pipeline.runner import BatchSettings, BatchState
 
 from .actor import ActorConfig
-from .base import EngineOptions, Rows
+from .base import EngineOptions, Rows, spool_path
 from .codec import decode_result, encode_row
 from .stream import block_packets
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
 SPOOL_ROWS_PER_FILE = 10_000
 DEADLINE_SLACK = 10.0
 """Seconds the driver waits past ``deadline + grace`` for the last blocks to come back."""
+WAIT_NOTE_EVERY = 5.0
+"""While the engine starts, say what it waits for this often (seconds)."""
+READER_JOIN_SECONDS = 15.0
+"""How long the end of a run waits for the results thread to leave the executor's iterator."""
 
 
 class EngineError(QwenBatchError):
@@ -119,7 +131,7 @@ def spool_directory(output: str) -> str:
     """``<output>.spool`` beside the output (guarded by its lock); a temp dir for stdout."""
     if output == "-":
         return os.path.join(tempfile.mkdtemp(prefix="qwen-batch-"), "spool")
-    return output + ".spool"
+    return spool_path(output)
 
 
 class Executor(Protocol):
@@ -137,8 +149,11 @@ class Executor(Protocol):
     def batches(self, spool: Spool, config: ActorConfig) -> Iterator[pa.Table]:
         """Result tables (:data:`.actor.RESULT_SCHEMA`); blocking, iterated in a thread."""
 
+    def stop(self) -> None:
+        """Make the iterator of :meth:`batches` end soon; from another thread."""
+
     def close(self) -> None:
-        """Stop everything still running; safe to call twice, from another thread."""
+        """Stop everything still running, once the iterator is left; safe to call twice."""
 
 
 class _NoCompleter:
@@ -238,11 +253,18 @@ def _pump(batches: Iterator[pa.Table], queue: asyncio.Queue[pa.Table | _End],
 async def open_distributed(
     executor: Executor, config: ActorConfig, rows: Rows, *, output: str, samples: int,
     stop: asyncio.Event, state: BatchState, actors: int, adaptive: bool,
-    announce: bool = True,
+    announce: bool = True, start_timeout: float | None = None,
 ) -> AsyncIterator[AsyncIterator[Result]]:
-    """Yields the results of ``rows`` run on ``executor``; cleans the executor and spool up."""
+    """Yields the results of ``rows`` run on ``executor``; cleans the executor and spool up.
+
+    ``start_timeout``: seconds the executor may take to start and hand back its first
+    table (its actors announce themselves, see :class:`.stream.StreamingCallable`);
+    meanwhile what it waits for is printed every few seconds, after it the run stops
+    (EngineUnavailableError, exit 4). None: no bound (actors that do not announce).
+    """
     spool = Spool(spool_directory(output), samples, executor.block_rows)
     cancelled = threading.Event()
+    starter_done = threading.Event()  # the thread that started the engine may end
     threads: list[threading.Thread] = []
     started = False
 
@@ -271,16 +293,28 @@ async def open_distributed(
             print(f"qwen-batch: {executor.describe()}; {spool.rows} rows "
                   f"({spool.jobs} jobs) to do", file=sys.stderr, flush=True)
         started = True
+        run_config = config
         try:
-            await asyncio.to_thread(executor.start)
+            await _unless_stopped(
+                _in_daemon_thread(executor.start, "qwen-batch-engine-start", starter_done), stop)
+        except (EngineUnavailableError, ConfigError):
+            raise
         except Exception as exc:
             raise EngineError(f"cannot start the engine: {type(exc).__name__}: {exc}") from exc
         if stop.is_set():
             return
+        fitted = int(getattr(executor, "actors", actors))
+        if fitted != actors:  # fewer actors than asked for fit the cluster
+            limit = ActorsLimit(fitted, config.batch.concurrency, adaptive)
+            state.limit = limit
+            if config.batch.rate:
+                run_config = replace(config, batch=replace(
+                    config.batch, rate=config.batch.rate * actors / fitted))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[pa.Table | _End] = asyncio.Queue(maxsize=2)
         thread = threading.Thread(target=_pump, name="qwen-batch-results", daemon=True,
-                                  args=(executor.batches(spool, config), queue, loop, cancelled))
+                                  args=(executor.batches(spool, run_config), queue, loop,
+                                        cancelled))
         threads.append(thread)
         thread.start()
         seen = KeySet()
@@ -288,17 +322,27 @@ async def open_distributed(
         down: str | None = None
         end_by = (config.deadline_at + config.batch.grace + DEADLINE_SLACK
                   if config.deadline_at is not None else None)
+        waiting_since = time.monotonic() if start_timeout is not None else None
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while down is None:
                 getter = asyncio.ensure_future(queue.get())
                 timeout = None if end_by is None else max(0.0, end_by - time.time())
+                if waiting_since is not None:
+                    note = min(WAIT_NOTE_EVERY,
+                               waiting_since + (start_timeout or 0.0) - time.monotonic())
+                    timeout = max(0.0, note if timeout is None else min(timeout, note))
                 waiters: set[asyncio.Future[Any]] = {getter, stopper}
                 ready, _ = await asyncio.wait(waiters, timeout=timeout,
                                               return_when=asyncio.FIRST_COMPLETED)
                 if getter not in ready:
                     getter.cancel()
-                    break  # interrupted, or past the deadline and its grace
+                    past_deadline = end_by is not None and time.time() >= end_by
+                    if stopper in ready or past_deadline or waiting_since is None:
+                        break  # interrupted, or past the deadline and its grace
+                    await _still_starting(executor, waiting_since, start_timeout)
+                    continue
+                waiting_since = None  # an actor runs: the engine has started
                 item = getter.result()
                 if isinstance(item, _End):
                     if item.error is not None:
@@ -339,14 +383,82 @@ async def open_distributed(
     try:
         yield results()
     finally:
+        # In this order: the results thread must be out of the executor's iterator before
+        # Ray goes (ray.shutdown under a reader inside Ray Data fails the run, exit 1).
         cancelled.set()
         if started:
-            await asyncio.to_thread(executor.close)
+            await asyncio.to_thread(executor.stop)
         for thread in threads:
-            await asyncio.to_thread(thread.join, 5.0)
+            await asyncio.to_thread(thread.join, READER_JOIN_SECONDS)
+            if thread.is_alive():
+                log.warning("the results thread did not leave the engine in %g s",
+                            READER_JOIN_SECONDS)
+        if started:
+            await asyncio.to_thread(executor.close)
+        starter_done.set()
         spool.remove()
         if output == "-":
             shutil.rmtree(os.path.dirname(spool.directory), ignore_errors=True)
+
+
+def _in_daemon_thread(fn: Callable[[], T], name: str,
+                      keep: threading.Event) -> asyncio.Future[T]:
+    """``fn()`` in a daemon thread, as a future of this loop: the run may leave it behind
+    (``asyncio.to_thread`` may not: the loop's end waits for its threads).
+
+    The thread then lives on until ``keep`` is set: a private Ray's GCS and raylet are
+    forked by it with a parent-death signal, which Linux sends when the forking *thread*
+    ends (measured: the GCS died when this thread returned)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+    def body() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+        keep.wait()
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return future
+
+
+async def _unless_stopped(future: asyncio.Future[T], stop: asyncio.Event) -> T | None:
+    """The future's result, or None as soon as ``stop`` is set (the future is left to run)."""
+    stopper = asyncio.ensure_future(stop.wait())
+    waiters: set[asyncio.Future[Any]] = {future, stopper}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if not future.done():
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved"
+        return None
+    return future.result()
+
+
+async def _still_starting(executor: Executor, since: float, timeout: float | None) -> None:
+    """Say what the starting engine waits for; EngineUnavailableError past ``timeout``."""
+    awaiting = getattr(executor, "awaiting", None)
+    what = await asyncio.to_thread(awaiting) if awaiting is not None else "its workers"
+    waited = time.monotonic() - since
+    if timeout is not None and waited >= timeout:
+        raise EngineUnavailableError(
+            f"the engine did not start in {timeout:g} s (--engine-start-timeout): still "
+            f"waiting for {what}")
+    print(f"qwen-batch: waiting {waited:.0f} s (of {timeout:g}) for the engine to start: "
+          f"{what}", file=sys.stderr, flush=True)
 
 
 def actor_config(options: EngineOptions, settings: BatchSettings, per_actor: int) -> ActorConfig:
@@ -361,12 +473,13 @@ def actor_config(options: EngineOptions, settings: BatchSettings, per_actor: int
 @contextlib.asynccontextmanager
 async def open_executor(
     executor: Executor, options: EngineOptions, rows: Rows, settings: BatchSettings,
-    stop: asyncio.Event, state: BatchState,
+    stop: asyncio.Event, state: BatchState, start_timeout: float | None = None,
 ) -> AsyncIterator[AsyncIterator[Result]]:
     """:func:`open_distributed` with everything taken from the run's options and settings."""
     per_actor = options.engine.per_actor(settings.concurrency)
     async with open_distributed(executor, actor_config(options, settings, per_actor), rows,
                                 output=options.output, samples=settings.samples, stop=stop,
                                 state=state, actors=options.engine.actors,
-                                adaptive=settings.adaptive) as results:
+                                adaptive=settings.adaptive,
+                                start_timeout=start_timeout) as results:
         yield results

@@ -11,7 +11,7 @@ from pipeline.models import Result
 from pipeline.runner import BatchSettings, BatchState, run_batch
 from pipeline.sessions import open_session
 
-from .base import EngineOptions, Rows
+from .base import EngineOptions, Rows, remove_spool
 
 
 @contextlib.asynccontextmanager
@@ -19,7 +19,11 @@ async def open_local(
     options: EngineOptions, rows: Rows, settings: BatchSettings, stop: asyncio.Event,
     state: BatchState,
 ) -> AsyncIterator[AsyncIterator[Result]]:
-    """One pooled session and a client per endpoint for the run; yields run_batch's results."""
+    """One pooled session and a client per endpoint for the run; yields run_batch's results.
+
+    A spool left by a killed Ray run on the same output is removed: this run finishes the job.
+    """
+    remove_spool(options.output)
     reach = options.client
     async with open_session(reach.ca_bundle) as session:
         clients = [GradioQueueClient(url, session=session, proxy=reach.proxy,

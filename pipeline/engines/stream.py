@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import os
 import queue
+import socket
 import threading
 from collections.abc import Generator, Iterator, Sequence
 
@@ -86,8 +87,14 @@ class StreamingCallable:
     actors live on for a second or two (until they notice their raylet is gone), and
     Ray accepts a packet or two more before holding the yield. So no request starts
     while Ray holds a yield (the driver is slow, or gone), and with ``driver_pid``
-    (a private Ray: the actors are on the driver's machine) the actor watches the
-    driver's process and stops the moment it ends.
+    an actor on the driver's machine (all of them on a private Ray; on a cluster, those
+    whose :func:`host_identity` is ``driver_host``) watches the driver's process and
+    stops the moment it ends. Actors elsewhere are ended by Ray when their driver's
+    job ends.
+
+    With ``announce``, the first call yields an empty table before anything else: the
+    driver learns that an actor runs (Ray scheduled the read and the actors) without
+    waiting for the Space's first answer.
     """
 
     def __init__(self, config: ActorConfig) -> None:
@@ -97,7 +104,8 @@ class StreamingCallable:
                                         name="qwen-batch-actor-loop", daemon=True)
         self._thread.start()
         self._watch: concurrent.futures.Future[None] | None = None
-        if config.driver_pid is not None:
+        self._announce = config.announce
+        if config.driver_pid is not None and config.driver_host in (None, host_identity()):
             self._watch = asyncio.run_coroutine_threadsafe(
                 self._watch_driver(config.driver_pid), self._loop)
 
@@ -120,6 +128,9 @@ class StreamingCallable:
         self.udf.stop()
 
     def __call__(self, packets: pa.Table) -> Generator[pa.Table, None, None]:
+        if self._announce:
+            self._announce = False
+            yield pack(RESULT_SCHEMA.empty_table())
         for block in packet_blocks(packets):
             yield from self._stream(block)
 
@@ -167,6 +178,24 @@ class StreamingCallable:
                 asyncio.run_coroutine_threadsafe(self.udf.aclose(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+
+
+def host_identity() -> str:
+    """This machine and PID namespace: where a process id means the same process.
+
+    The boot id tells machines apart (containers share their host's), the PID
+    namespace containers. Empty parts where ``/proc`` lacks them.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+    except OSError:
+        boot = ""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{boot}/{namespace}"
 
 
 def _alive(pid: int) -> bool:
