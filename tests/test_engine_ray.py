@@ -280,3 +280,39 @@ def test_a_signal_on_a_private_ray_ends_with_130_and_a_summary(
     assert report["succeeded"] == lines_in(out)
     assert not Path(str(out) + ".spool").exists()
     print(f"\n{sig.name} on a private Ray: exit {code} {took:.1f} s after the signal")
+
+
+@pytest.mark.parametrize("stop", ["deadline", "failures"])
+def test_a_deadline_or_failing_rows_on_a_private_ray_end_with_their_exit_code_and_a_summary(
+        tmp_path: Path, stop: str) -> None:
+    """The other stop paths on a private Ray: ``--deadline`` (exit 0, the rest remaining)
+    and rows failing in a row (exit 4): a summary, no spool, whatever Ray was doing."""
+    rows = 200
+    prompt = "fails [fault:app_error:99] {}" if stop == "failures" else "Question {}"
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i:04d}", "prompt": prompt.format(i)}) + "\n" for i in range(rows)),
+        encoding="utf-8")
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    extra = (["--deadline", "15s", "--grace", "5"] if stop == "deadline" else
+             ["--max-attempts", "1", "--max-consecutive-failures", "5"])
+    with fake_space_process(latency=0.3, chunks=3) as space:
+        cmd = [sys.executable, "-m", "pipeline", "run", str(tmp_path / "in.jsonl"), "-o",
+               str(out), "--url", space.url, "--engine", "ray", "--actors", "1",
+               "--per-actor-concurrency", "2", "--no-progress", "--summary", str(summary),
+               *extra]
+        driver = Driver(cmd, tmp_path, "driver")
+        try:
+            code = driver.wait(180)
+        finally:
+            driver.kill()
+    report = json.loads(summary.read_text())
+    saved = lines_in(out)
+    if stop == "deadline":
+        assert code == 0, driver.stderr
+        assert report["deadline_hit"] is True and report["remaining"] == rows - saved, report
+        assert report["succeeded"] == saved < rows, report
+    else:
+        assert code == 4, driver.stderr
+        assert report["endpoint_down"] and report["succeeded"] == 0, report
+        assert 5 <= report["failed"] < rows, report
+    assert not Path(str(out) + ".spool").exists()

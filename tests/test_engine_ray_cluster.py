@@ -12,7 +12,9 @@ real ``qwen-batch run`` process joining it:
   with one actor on the module's cluster and one prepared input; Ctrl-C and SIGTERM come
   at moments spread over the run's life (joining, starting the actors, running);
 * Ctrl-C, SIGTERM and ``--engine-start-timeout`` while the actors start (their workers
-  held back by the job's runtime environment).
+  held back by the job's runtime environment);
+* ``--deadline`` (exit 0, the rest remaining) and rows failing in a row (exit 4): a summary,
+  no spool, no actor left.
 
 The tests that need no cluster (nothing listening, a stale ``auto`` file, Ctrl-C while
 connecting) are in ``tests/test_engine_ray_connect.py``.
@@ -399,3 +401,53 @@ def test_a_stop_while_the_actors_start_ends_with_its_exit_code_and_a_summary(
         assert time.monotonic() < end, "the run's actors outlived it by 60 s"
         time.sleep(0.2)
     print(f"\n{how} while the actors start: exit {code} {took:.2f} s after the stop")
+
+
+def _no_actor_left(cluster: RayCluster, what: str) -> None:
+    end = time.monotonic() + 30
+    while map_workers(cluster):
+        assert time.monotonic() < end, f"an actor outlived the run by 30 s ({what})"
+        time.sleep(0.2)
+
+
+def test_a_deadline_on_a_cluster_ends_with_exit_0_a_summary_and_the_rest_remaining(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess,
+        prepared_input: Path) -> None:
+    # Whether the deadline comes while the actor starts or once it runs, the run ends
+    # the same way: no new request, the rest counted as remaining, nothing left behind.
+    space.control(down=False)
+    run = Run(tmp_path, "deadline", space.url, cluster.address, "--actors", "1",
+              "--per-actor-concurrency", "4", "--deadline", "20s", "--grace", "5",
+              source=prepared_input)
+    code = run.wait(180)
+    report = run.report()
+    assert code == 0, f"exit {code}; stderr:\n{run.stderr}"
+    assert report["deadline_hit"] is True, report
+    assert report["succeeded"] == run.saved() < 400, report
+    assert report["remaining"] == 400 - run.saved(), report
+    assert not Path(str(run.out) + ".spool").exists()
+    _no_actor_left(cluster, "deadline")
+
+
+def test_rows_failing_in_a_row_on_a_cluster_stop_with_exit_4_and_a_summary(
+        tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
+    # The error stop: every answer is an app error, so the actor's run of consecutive
+    # failures ends the run (exit 4) with what failed written and a summary.
+    space.control(down=False)
+    source = tmp_path / "failing.jsonl"
+    source.write_text("".join(json.dumps({"id": f"f{i:03d}",
+                                          "prompt": f"fails [fault:app_error:99] {i}"}) + "\n"
+                              for i in range(200)), encoding="utf-8")
+    run = Run(tmp_path, "failing", space.url, cluster.address, "--actors", "1",
+              "--per-actor-concurrency", "2", "--max-attempts", "1",
+              "--max-consecutive-failures", "5", source=source)
+    code = run.wait(180)
+    report = run.report()
+    assert code == 4, f"exit {code}; stderr:\n{run.stderr}"
+    assert report["endpoint_down"], report
+    assert report["succeeded"] == 0 and 5 <= report["failed"] < 200, report
+    errors = list(iter_jsonl_records(str(run.out).replace(".jsonl", ".errors.jsonl")))
+    assert len(errors) == report["failed"]
+    assert all(e["error_type"] == "app_error" for e in errors)
+    assert not Path(str(run.out) + ".spool").exists()
+    _no_actor_left(cluster, "failures")
