@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_space_process import FakeSpaceProcess, fake_space_process
+from fake_space_process import fake_space_process
+from ray_testing import ray_or_skip, settle
 from run_options import changed, run_options
 
 from pipeline.app import run
@@ -51,13 +52,7 @@ VOLATILE = {"session_hash", "event_id", "started_at", "finished_at", "queue_ms",
 @pytest.fixture(autouse=True)
 def ray_available() -> None:
     """Skip without Ray; fail instead under QWEN_BATCH_REQUIRE_RAY=1 (CI)."""
-    try:
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        reason = f"Ray Data is not installed ({exc}): pip install -e '.[test,ray]'"
-        if os.environ.get("QWEN_BATCH_REQUIRE_RAY", "").strip() == "1":
-            pytest.fail(f"QWEN_BATCH_REQUIRE_RAY=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    ray_or_skip()
 
 
 @pytest.fixture
@@ -168,18 +163,6 @@ def lines_in(path: Path) -> int:
         return 0
 
 
-def settle(space: FakeSpaceProcess, quiet: float = 3.0, timeout: float = 60.0) -> int:
-    """Wait until no job runs and no join arrives for ``quiet`` seconds; return the joins."""
-    last, since = -1, time.monotonic()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        stats = space.stats()
-        if stats["joins"] != last or stats["running"] or stats["waiting"]:
-            last, since = stats["joins"], time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return int(last)
-        time.sleep(0.2)
-    pytest.fail(f"the fake Space never went quiet: {space.stats()}")
 
 
 def test_a_killed_ray_run_resumed_on_ray_sends_only_the_remaining_rows(tmp_path: Path) -> None:

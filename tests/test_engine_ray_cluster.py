@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 from fake_space_process import FakeSpaceProcess, fake_space_process
 from ray_cluster import RayCluster, held_workers_env
+from ray_testing import ray_or_skip, settle
 
 from pipeline.writers import iter_jsonl_records
 
@@ -51,13 +52,7 @@ TOKEN = uuid.uuid4().hex
 @pytest.fixture(scope="module", autouse=True)
 def ray_available() -> None:
     """Skip without Ray; fail instead under QWEN_BATCH_REQUIRE_RAY=1 (CI)."""
-    try:
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        reason = f"Ray Data is not installed ({exc}): pip install -e '.[test,ray]'"
-        if os.environ.get("QWEN_BATCH_REQUIRE_RAY", "").strip() == "1":
-            pytest.fail(f"QWEN_BATCH_REQUIRE_RAY=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    ray_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -220,18 +215,6 @@ def map_workers(cluster: RayCluster) -> list[int]:
     return found
 
 
-def settle(space: FakeSpaceProcess, quiet: float = 3.0, timeout: float = 60.0) -> int:
-    """Wait until no job runs and no join arrives for ``quiet`` seconds; return the joins."""
-    last, since = -1, time.monotonic()
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        stats = space.stats()
-        if stats["joins"] != last or stats["running"] or stats["waiting"]:
-            last, since = stats["joins"], time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return int(last)
-        time.sleep(0.2)
-    pytest.fail(f"the fake Space never went quiet: {space.stats()}")
 
 
 def test_a_killed_driver_leaves_no_actor_and_a_local_resume_no_spool(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from ray_cluster import free_port
+from ray_testing import ray_or_skip
 
 pytestmark = [pytest.mark.ray]
 
@@ -32,13 +33,8 @@ STARTUP = 15.0
 
 @pytest.fixture(autouse=True)
 def ray_available() -> None:
-    try:
-        import ray.data  # noqa: F401
-    except ImportError as exc:
-        reason = f"Ray Data is not installed ({exc}): pip install -e '.[test,ray]'"
-        if os.environ.get("QWEN_BATCH_REQUIRE_RAY", "").strip() == "1":
-            pytest.fail(f"QWEN_BATCH_REQUIRE_RAY=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    """Skip without Ray; fail instead under QWEN_BATCH_REQUIRE_RAY=1 (CI)."""
+    ray_or_skip()
 
 
 @pytest.fixture
