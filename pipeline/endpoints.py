@@ -113,15 +113,20 @@ class Attempt:
     cancelled. When the error was the endpoint's alone (never reached),
     :attr:`not_reached` is True and the error still propagates. An attempt is entered
     once; there is no other way to take an endpoint for a request, so none to forget
-    to give it back.
+    to give it back. ``avoid`` (the endpoint a row's last attempt failed on) is
+    passed over while another endpoint is healthy.
     """
 
-    __slots__ = ("_pool", "_stage", "duration_ms", "endpoint", "not_reached", "queue_rank")
+    __slots__ = ("_avoid", "_pool", "_stage", "duration_ms", "endpoint", "not_reached", "probe",
+                 "queue_rank")
 
-    def __init__(self, pool: EndpointPool) -> None:
+    def __init__(self, pool: EndpointPool, avoid: Endpoint | None = None) -> None:
         self._pool = pool
+        self._avoid = avoid
         self._stage = 0  # 0: new, 1: holding an endpoint, 2: ended
         self.endpoint: Endpoint
+        self.probe = False
+        """Whether this attempt is its endpoint's probe (the circuit was half open)."""
         self.duration_ms: float | None = None
         self.queue_rank: int | None = None
         self.not_reached = False
@@ -130,7 +135,9 @@ class Attempt:
     async def __aenter__(self) -> Attempt:
         if self._stage:
             raise RuntimeError("an attempt is entered once")
-        self.endpoint = await self._pool._begin_attempt()
+        self.endpoint = ep = await self._pool._begin_attempt(self._avoid)
+        # A half-open endpoint is handed to its probe alone, so this is the probe.
+        self.probe = ep.state == "half_open"
         self._stage = 1
         return self
 
@@ -186,11 +193,13 @@ class EndpointPool:
         self._started: float | None = None
         self._changed = asyncio.Event()
 
-    async def acquire(self) -> Endpoint:
+    async def acquire(self, avoid: Endpoint | None = None) -> Endpoint:
         """The endpoint for the next attempt; waits while every circuit is open.
 
-        Every endpoint acquired must be given back once, by :meth:`release` or
-        :meth:`abandon`; an :meth:`attempt` does it in the right order.
+        ``avoid`` is passed over (neither chosen nor probed) while another endpoint is
+        healthy: a row's retry goes elsewhere. Every endpoint acquired must be given
+        back once, by :meth:`release` or :meth:`abandon`; an :meth:`attempt` does it in
+        the right order.
         """
         if self._started is None:
             self._started = self.clock.now()
@@ -198,15 +207,22 @@ class EndpointPool:
         while True:
             now = self.clock.now()
             closed = []
+            probes = []
             for ep in self.endpoints:
                 if ep.state == "open" and now >= ep.open_until:
                     ep.state = "half_open"
                 if ep.state == "half_open" and not ep.probing:
-                    ep.probing = True  # this attempt is the probe
-                    ep.in_flight += 1
-                    return ep
-                if ep.state == "closed":
+                    probes.append(ep)
+                elif ep.state == "closed":
                     closed.append(ep)
+            if avoid is not None and any(ep is not avoid for ep in closed):
+                probes = [ep for ep in probes if ep is not avoid]
+                closed = [ep for ep in closed if ep is not avoid]
+            if probes:
+                probe = probes[0]
+                probe.probing = True  # this attempt is the probe
+                probe.in_flight += 1
+                return probe
             if closed:
                 best = min(closed, key=Endpoint.score)
                 best.in_flight += 1
@@ -238,43 +254,55 @@ class EndpointPool:
             # A timeout here means it is time to probe (or to give up): loop and look again.
             await wait_event(self._changed, max(0.01, wake - now), self.clock)
 
-    def attempt(self) -> Attempt:
+    def attempt(self, avoid: Endpoint | None = None) -> Attempt:
         """A new attempt, to enter with ``async with`` (see :class:`Attempt`)."""
-        return Attempt(self)
+        return Attempt(self, avoid)
 
-    async def _begin_attempt(self) -> Endpoint:
+    async def _begin_attempt(self, avoid: Endpoint | None = None) -> Endpoint:
         """What an :class:`Attempt` takes on entering: its endpoint.
 
         A subclass that holds more for an attempt's length takes it here and gives it
         back in :meth:`_end_attempt`, which the attempt calls exactly once after this
         returned (and never if this raised).
         """
-        return await self.acquire()
+        return await self.acquire(avoid)
 
     def _end_attempt(self, attempt: Attempt, error: BaseException | None) -> None:
         """Give back what :meth:`_begin_attempt` took, with the verdict on the endpoint."""
         if isinstance(error, asyncio.CancelledError):
-            self.abandon(attempt.endpoint)
+            self.abandon(attempt.endpoint, probe=attempt.probe)
         else:
-            attempt.not_reached = self.release(attempt.endpoint, error, attempt.duration_ms)
+            attempt.not_reached = self.release(attempt.endpoint, error, attempt.duration_ms,
+                                               probe=attempt.probe)
 
-    def abandon(self, ep: Endpoint) -> None:
+    @staticmethod
+    def _was_probe(ep: Endpoint, probe: bool | None) -> bool:
+        """Whether the attempt ending on ``ep`` was its probe (None: the one out, if any;
+        right only for a caller with no other attempt on ``ep`` in flight)."""
+        if probe is None:
+            probe = ep.state == "half_open" and ep.probing
+        if probe:
+            ep.probing = False
+        return probe
+
+    def abandon(self, ep: Endpoint, *, probe: bool | None = None) -> None:
         """An attempt on ``ep`` was cancelled: give its place back, no verdict on its health.
 
         If it was the probe of an open circuit, the next attempt probes instead.
         """
         ep.in_flight -= 1
-        ep.probing = False
+        self._was_probe(ep, probe)
         self._changed.set()
 
-    def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None) -> bool:
-        """Report how an attempt on ``ep`` ended.
+    def release(self, ep: Endpoint, error: BaseException | None, duration_ms: float | None, *,
+                probe: bool | None = None) -> bool:
+        """Report how an attempt on ``ep`` ended (``probe``: whether it was the probe).
 
         True when the attempt failed only because ``ep`` has never been reached (see
         the module docstring): the row is not at fault and should be sent again.
         """
         ep.in_flight -= 1
-        probe, ep.probing = ep.probing and ep.state == "half_open", False
+        probe = self._was_probe(ep, probe)
         if error is not None and cannot_connect(error):
             if not ep.reached:
                 self._not_reached(ep, error)
@@ -288,9 +316,13 @@ class EndpointPool:
                 if duration_ms is not None:
                     ep.ewma_ms = duration_ms if ep.ewma_ms is None else (
                         (1 - _EWMA) * ep.ewma_ms + _EWMA * duration_ms)
-            if ep.state != "closed":
+            if ep.state == "closed":
+                ep.failures = 0
+            elif probe:
                 log.warning("endpoint %s is back", ep.url)
-            ep.state, ep.failures, ep.cooldown, ep.outage_since = "closed", 0, 0.0, None
+                ep.state, ep.failures, ep.cooldown, ep.outage_since = "closed", 0, 0.0, None
+            # else: sent before the circuit opened (a Space can finish the streams it has
+            # open yet take no new job): only the probe says whether new requests work.
             self._changed.set()
             return False
         ep.failed += 1
@@ -300,9 +332,9 @@ class EndpointPool:
         if kind == "gone":
             ep.state = "gone"
             log.error("endpoint %s is gone: %s", ep.url, error)
-        elif ep.state == "open":
+        elif ep.state != "closed" and not probe:
             pass  # sent before the circuit opened: the same outage, not a failed probe
-        elif probe or ep.state == "half_open" or ep.failures >= self.failure_threshold:
+        elif probe or ep.failures >= self.failure_threshold:
             hint = getattr(error, "retry_after", None)
             ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2, hint or 0.0))
             if ep.state == "closed":

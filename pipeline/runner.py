@@ -26,7 +26,7 @@ from collections.abc import (
 )
 
 from .clock import LOOP_CLOCK, Clock
-from .endpoints import Attempt, Completer, EndpointPool
+from .endpoints import Attempt, Completer, Endpoint, EndpointPool
 from .errors import (
     EndpointDownError,
     IncompleteResponseError,
@@ -85,13 +85,15 @@ async def _aiter(rows: Iterable[PromptRow | Failure] | AsyncIterable[PromptRow |
 class _Job:
     """One sample of one row, and what its attempts so far left."""
 
-    __slots__ = ("attempts", "row", "sample", "trace")
+    __slots__ = ("attempts", "failed_on", "row", "sample", "trace")
 
     def __init__(self, row: PromptRow, sample: int) -> None:
         self.row = row
         self.sample = sample
         self.attempts = 0
         self.trace: RequestTrace | None = None
+        self.failed_on: Endpoint | None = None
+        """The endpoint of the last failed attempt: the retry goes elsewhere if it can."""
 
 
 class _Jobs:
@@ -311,9 +313,11 @@ class _Batch:
             job.trace = trace = RequestTrace(self.session_hash())  # a new session every attempt
             attempt: Attempt | None = None
             try:
-                async with self.pool.attempt() as attempt:
+                async with self.pool.attempt(job.failed_on) as attempt:
                     completion = await self.send(attempt, job.row, trace)
             except Exception as error:
+                if attempt is not None:
+                    job.failed_on = attempt.endpoint
                 if attempt is not None and attempt.not_reached:
                     raise _NotReached(error) from error
                 raise

@@ -495,3 +495,122 @@ async def test_a_cause_is_warned_once_not_once_per_attempt(caplog: pytest.LogCap
     warnings = [r for r in caplog.records if "cannot reach" in r.getMessage()]
     assert len(warnings) == 1
     assert "http://a" in warnings[0].getMessage()
+
+
+# -- answers of requests sent before the circuit opened ------------------------------------------
+
+
+async def test_a_late_success_of_a_request_sent_before_the_circuit_opened_does_not_close_it(
+) -> None:
+    # The Space stops taking new jobs but finishes the streams it has open: their answers
+    # come after the circuit opened and say nothing of new requests. Only a probe decides.
+    clock = FakeClock()
+    pool = pool_of("http://a", "http://b", failure_threshold=2, cooldown=2.0, clock=clock)
+    a, b = pool.endpoints
+    b.ewma_ms = 10_000.0  # a is preferred while it is healthy
+    old = [await pool.acquire() for _ in range(3)]
+    assert all(ep is a for ep in old)
+    await fail(pool, 2)
+    assert a.state == "open"
+    pool.release(old[0], None, 300.0, probe=False)  # an answer from before
+    assert a.state == "open" and a.served == 1 and a.open_until == pytest.approx(clock.now() + 2.0)
+    pool.release(old[1], AppError("the app failed"), None, probe=False)  # a row's, from before
+    assert a.state == "open"
+    assert await pool.acquire() is b  # traffic stays off a
+    await clock.advance(2.0)
+    probe = await pool.acquire()
+    assert probe is a and a.state == "half_open"
+    pool.release(old[2], None, 300.0, probe=False)  # another old answer, the probe still out
+    assert a.state == "half_open" and a.probing
+    pool.release(probe, None, 300.0, probe=True)
+    assert a.state == "closed" and a.failures == 0 and a.outage_since is None
+
+
+async def test_a_late_success_is_not_logged_as_the_endpoint_coming_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="pipeline.endpoints")
+    pool = pool_of("http://a", failure_threshold=1, cooldown=5.0, clock=FakeClock())
+    old = await pool.acquire()
+    await fail(pool, 1)
+    pool.release(old, None, 10.0)
+    assert "benched" in caplog.text and "is back" not in caplog.text
+
+
+# -- a retry goes elsewhere --------------------------------------------------------------------
+
+
+async def test_an_attempt_avoids_the_endpoint_named_when_another_is_healthy() -> None:
+    pool = pool_of("http://a", "http://b", failure_threshold=5)
+    a, b = pool.endpoints
+    b.ewma_ms = 10_000.0  # a scores better
+    assert await pool.acquire(avoid=a) is b
+    assert await pool.acquire(avoid=b) is a
+    b.state = "gone"
+    assert await pool.acquire(avoid=a) is a  # nothing else: the same one rather than none
+
+
+async def test_a_probe_is_not_a_retry_on_the_endpoint_that_failed_it() -> None:
+    clock = FakeClock()
+    pool = pool_of("http://a", "http://b", failure_threshold=1, cooldown=1.0, clock=clock)
+    a, b = pool.endpoints
+    await fail(pool, 1)
+    assert a.state == "open"
+    await clock.advance(1.0)
+    assert await pool.acquire(avoid=a) is b  # a fresh attempt probes a, not this retry
+    probe = await pool.acquire()
+    assert probe is a and a.state == "half_open"
+    pool.release(probe, None, 10.0)
+    alone = pool_of("http://c", failure_threshold=1, cooldown=1.0, clock=clock)
+    await fail(alone, 1)
+    await clock.advance(1.0)
+    assert await alone.acquire(avoid=alone.endpoints[0]) is alone.endpoints[0]  # no one else
+
+
+class Held:
+    """A completer whose answers (or errors) the test hands out one by one."""
+
+    def __init__(self, url: str) -> None:
+        self.display_url = url
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        assert trace is not None
+        waiter = asyncio.get_running_loop().create_future()
+        self.pending.append(waiter)
+        await waiter
+        return Completion("answer", trace)
+
+
+async def test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen() -> None:
+    # Through attempts, the way the runner uses the pool: each knows whether it probes.
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, clock=clock)
+    ep = pool.endpoints[0]
+
+    async def one() -> BaseException | None:
+        try:
+            async with pool.attempt() as attempt:
+                await attempt.complete("p", None, RequestTrace("h"))
+        except Exception as error:
+            return error
+        return None
+
+    old = [asyncio.create_task(one()) for _ in range(3)]
+    await settle()
+    await fail(pool, 1)
+    assert ep.state == "open"
+    await clock.advance(1.0)
+    probe = asyncio.create_task(one())
+    await settle()
+    assert ep.state == "half_open" and ep.probing and len(held.pending) == 4
+    held.pending[0].set_result(None)  # an old answer
+    held.pending[1].set_exception(down())  # an old failure
+    old[2].cancel()  # an old attempt cancelled
+    assert await old[0] is None and isinstance(await old[1], TransportError)
+    await settle()
+    assert ep.state == "half_open" and ep.probing and ep.cooldown == 1.0
+    held.pending[3].set_result(None)  # the probe answers
+    assert await probe is None
+    assert ep.state == "closed" and ep.in_flight == 0

@@ -342,6 +342,10 @@ def test_traffic_shifts_off_a_failing_endpoint_and_back_when_it_recovers(
     assert completed_a > n / 2
     # ...and b, probed after it came back, was used again
     assert any(f"endpoint {b.url} is back" in m for m in messages), messages
+    # (never on the late answers of streams open when it went down: only a probe sent
+    # after it came up can say so)
+    back = [r.created for r in caplog.records if f"endpoint {b.url} is back" in r.getMessage()]
+    assert min(back) > timeline["up_wall"], (back, timeline)
     assert completed_b >= served_b_before + 5
     after_up = [r for r in records.values() if r["url"] == b.url
                 and wall(r["started_at"]) > timeline["up_wall"]]

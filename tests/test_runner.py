@@ -579,3 +579,40 @@ async def test_retry_delays_are_waited_on_the_runs_clock() -> None:
     assert state.retries == 2 and len(clock.sleeps) == 2
     assert all(0 <= s <= 40.0 for s in clock.sleeps)  # jittered within the policy's ceiling
     assert clock.now() - t0 == pytest.approx(sum(clock.sleeps))  # waited out, on the clock
+
+
+# -- a retry goes to another endpoint ----------------------------------------------------------
+
+
+class Flaky:
+    """A completer that answers in ``ms`` (as the trace says) or fails every request with 502."""
+
+    def __init__(self, url: str, *, ms: float = 0.0, failing: bool = False) -> None:
+        self.display_url = url
+        self.ms = ms
+        self.failing = failing
+        self.prompts: list[str] = []
+
+    async def complete(self, prompt: str, system: str | None = None, *,
+                       trace: RequestTrace | None = None) -> Completion:
+        from pipeline.errors import HTTPStatusError
+
+        assert trace is not None
+        self.prompts.append(prompt)
+        if self.failing:
+            raise HTTPStatusError("HTTP 502: Bad Gateway", status=502)
+        trace.duration_ms = self.ms
+        return Completion(f"answer to {prompt}", trace)
+
+
+async def test_a_row_that_failed_on_one_endpoint_is_retried_on_another() -> None:
+    # a fails fast and is never benched (a high threshold); b answers but is slow, so a
+    # always scores better. Two attempts are enough for every row: the second goes to b.
+    bad, good = Flaky("http://a", failing=True), Flaky("http://b", ms=50_000.0)
+    rows = make_rows(12)
+    settings = BatchSettings(concurrency=3, failure_threshold=1000, max_consecutive_failures=1000,
+                             policy=RetryPolicy(max_attempts=2, base_delay=0.0))
+    results = await collect(run_batch(rows, [bad, good], settings))
+    assert [type(r) for r in results] == [Success] * 12, results
+    assert Counter(bad.prompts) == Counter(r.prompt for r in rows)  # each failed there once
+    assert sorted(good.prompts) == sorted(r.prompt for r in rows)

@@ -35,12 +35,12 @@ class ActorPool(EndpointPool):
         self.rate = rate
         self.gate = gate
 
-    async def _begin_attempt(self) -> Endpoint:
+    async def _begin_attempt(self, avoid: Endpoint | None = None) -> Endpoint:
         await self.gate.wait()
         await self.limit.acquire()
         try:
             await self.rate.wait()
-            return await super()._begin_attempt()
+            return await super()._begin_attempt(avoid)
         except BaseException:
             self.limit.release()
             raise
