@@ -590,17 +590,30 @@ def render_alternatives(size: str) -> str:
         out.append(f"`gradio_client`'s `Client.submit` costs "
                    f"{f(cpu['gradio_client'] / cpu['ours'], '.1f')}x ours and takes "
                    f"{f(wall['gradio_client'] / wall['ours'], '.1f')}x the wall time.")
+    names = {"ours": "qwen-batch run", "reference": "the reference client",
+             "provider": "the provider style", "gradio_client": "`gradio_client`"}
+    for client, runs in alt.get("runs", {}).items():
+        bad = [r for r in runs if not r.get("ok")]
+        if not bad:
+            continue
+        what = [("timed out" if r.get("timed_out") else
+                 f"wrote {r.get('rows_out')} of {alt['n']} rows"
+                 + (f" (`{r['stderr_tail'].strip().splitlines()[-1]}`)"
+                    if r.get("stderr_tail", "").strip() else "")) for r in bad]
+        out.append(f"{names.get(client, client)} failed {len(bad)} of its {len(runs)} runs "
+                   f"(its figures are the clean runs'): {'; '.join(what)}.")
     return " ".join(out) + "\n"
 
 
 FIRST_RUN = "first_run"  # bench/results/first_run/: the first full run's files, kept as they were
 
 
-def own_pct(prof: dict[str, Any], prefix: str) -> str:
+def own_pct(prof: dict[str, Any], prefix: str | tuple[str, ...]) -> str:
     """The own-time share of the functions of ours named ``prefix...``, with their names."""
     rows = [r for r in prof["ours"]["ours_own"] if r["function"].startswith(prefix)]
+    names = (prefix,) if isinstance(prefix, str) else prefix
     return " + ".join(f"`{r['function'].split(' (')[0]}` {r['pct']} %" for r in rows) or \
-        f"`{prefix}` under the table's cut"
+        " and ".join(f"`{name.strip()}`" for name in names) + " under the table's cut"
 
 
 def callee_pct(prof: dict[str, Any], caller: str, prefix: str) -> str:
@@ -611,7 +624,7 @@ def callee_pct(prof: dict[str, Any], caller: str, prefix: str) -> str:
         f"no `{prefix}` among its listed callees"
 
 
-def shares(prof: dict[str, Any], caller: str | None, prefix: str) -> float:
+def shares(prof: dict[str, Any], caller: str | None, prefix: str | tuple[str, ...]) -> float:
     """The summed share behind :func:`own_pct` (``caller`` None) or :func:`callee_pct`."""
     if caller is None:
         return float(sum(r["pct"] for r in prof["ours"]["ours_own"]
@@ -657,8 +670,9 @@ def render_changes(size: str) -> str:
     before, after = old["full_startup"]["ours"], now["full_startup"]["ours"]
     stream = micro["stream_200"]
     read_stream = "GradioQueueClient._read_stream"
+    batch_core = ("run_batch ", "_Batch.")
 
-    def moved(profile: str, caller: str | None, prefix: str) -> str:
+    def moved(profile: str, caller: str | None, prefix: str | tuple[str, ...]) -> str:
         return trend(shares(old[profile], caller, prefix), shares(now[profile], caller, prefix))
 
     out = [f"Before → now, from the first run's files (`bench/results/{FIRST_RUN}/`, started "
@@ -674,9 +688,9 @@ def render_changes(size: str) -> str:
            f"{callee_pct(old['profile_c512'], read_stream, 'Timeout.')} → "
            f"{callee_pct(now['profile_c512'], read_stream, 'Timeout.')} "
            f"({moved('profile_c512', read_stream, 'Timeout.')});",
-           f"- `run_batch` at concurrency 512: {own_pct(old['profile_c512'], 'run_batch ')} → "
-           f"{own_pct(now['profile_c512'], 'run_batch ')} "
-           f"({moved('profile_c512', None, 'run_batch ')}); "
+           f"- the batch core at concurrency 512 (`run_batch`, and its worker pool `_Batch`): "
+           f"{own_pct(old['profile_c512'], batch_core)} → {own_pct(now['profile_c512'], batch_core)} "
+           f"({moved('profile_c512', None, batch_core)}); "
            f"its loop turn (micro-benchmark, "
            f"current file): {loop_turns(micro['wait'])};",
            f"- the SSE decoder at zero latency: {own_pct(old['profile_zero'], 'SSEDecoder')} → "
