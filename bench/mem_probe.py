@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import pipeline.cli  # noqa: F401 - the same imports as a run
     from pipeline.alloc import pin_mmap_threshold
     from pipeline.jobs import KeySet, PlanCounters, plan_rows
-    from pipeline.models import RequestTrace, Success, utc_now
+    from pipeline.models import RequestTrace, Success, now_us
     from pipeline.readers import read_records
     from pipeline.records import encode_record, success_record
     from pipeline.rowspec import RowSpec
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             if level >= STAGES.index("done"):
                 done.add(row.id, 0)  # type: ignore[union-attr]
             if sink is not None or output is not None:
-                now = utc_now()
+                now = now_us()
                 trace = RequestTrace("0123456789ab", "http://127.0.0.1:1", "e" * 32, now, now,
                                      1.0, 1.0, 1.0, 10)
                 answer = f"Echo: {row.prompt}\nSystem: x\nno no no"  # type: ignore[union-attr]

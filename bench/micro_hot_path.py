@@ -102,7 +102,7 @@ def bench_stream(prompt_chars: int, chunks: int, number: int) -> dict[str, float
 def bench_records(prompt_chars: int, number: int) -> dict[str, float]:
     import random
 
-    from pipeline.models import PromptRow, RequestTrace, Success, utc_now
+    from pipeline.models import PromptRow, RequestTrace, Success, now_us
     from pipeline.records import encode_record, success_record
 
     prompt = make_prompt(1, prompt_chars, random.Random(2))
@@ -110,8 +110,8 @@ def bench_records(prompt_chars: int, number: int) -> dict[str, float]:
     row = PromptRow("r1", 1, prompt)
 
     def ours() -> bytes:
-        now = utc_now()
-        trace = RequestTrace("0123456789ab", "http://127.0.0.1:1", "e" * 32, now, utc_now(),
+        now = now_us()
+        trace = RequestTrace("0123456789ab", "http://127.0.0.1:1", "e" * 32, now, now_us(),
                              1.0, 1.0, 1.0, 10)
         return encode_record(success_record(Success(row, answer, trace, 1, "qwen", 0)))
 

@@ -24,7 +24,7 @@ from .errors import EndpointDownError, EngineUnavailableError, InputError, Outpu
 from .jobs import KeySet, Plan, PlanCounters, plan_rows
 from .jsonl import JsonlAppender
 from .lock import OutputLock
-from .models import Failure, PromptRow, RawRecord, Success, iso_utc, utc_now
+from .models import Failure, PromptRow, RawRecord, Success, iso_utc, now_us
 from .partitioned import remove_parts
 from .progress import Progress
 from .provenance import note_path, verify_input
@@ -133,7 +133,7 @@ def _count_rows(path: str, fmt: str) -> int | None:
 
 async def _drive(options: RunOptions, fmt: str, records: Records, head: list[RawRecord | InputError],
                  summary: RunSummary, stop: asyncio.Event, redact: Redact, engine: Engine) -> None:
-    run_started = iso_utc(utc_now())
+    run_started = iso_utc(now_us())
     output = open_output(options.output, options.output_format,
                          rows_per_file=options.rows_per_file,
                          column_types=output_types(options.input, fmt, options.spec,

@@ -44,7 +44,7 @@ from .errors import (
 from .gradio import EventTracker, parse_message
 from .hf_status import space_state
 from .http_errors import make_redactor, map_transport_error, status_error
-from .models import Completion, RequestTrace, utc_now
+from .models import Completion, RequestTrace, now_us
 from .prompts import DEFAULT_SYSTEM_PROMPT
 from .proxies import proxy_for, proxy_password
 from .retry import parse_retry_after
@@ -273,7 +273,7 @@ class GradioQueueClient:
         start = loop.time()
         deadline = start + self.timeouts.total
         trace.url = self.display_url
-        trace.started_at = utc_now()
+        trace.started_at = now_us()
         info: SpaceInfo | None = None
         tracker: EventTracker | None = None
         try:
@@ -308,7 +308,7 @@ class GradioQueueClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise map_transport_error(exc, self.redact) from None
         finally:
-            trace.finished_at = utc_now()
+            trace.finished_at = now_us()
             trace.duration_ms = (loop.time() - start) * 1000.0
             if tracker is not None and not tracker.done and info is not None:
                 self._cancel_later(info, tracker.event_id, trace.session_hash)

@@ -9,7 +9,7 @@ import os
 import socket
 
 from pipeline.errors import LockedError, OutputError
-from pipeline.models import iso_utc, utc_now
+from pipeline.models import iso_utc, now_us
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class OutputLock:
             os.close(fd)  # a run that finished removed this file meanwhile: lock the new one
         else:
             raise OutputError(f"cannot lock {self.path}: it was replaced {_ATTEMPTS} times in a row")
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": iso_utc(utc_now())}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": iso_utc(now_us())}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Union
 
+Micros = int
+"""A wall-clock moment: whole microseconds since the Unix epoch (UTC).
 
-def utc_now() -> datetime:
-    """The current wall-clock time in UTC (timestamps; durations use the monotonic clock)."""
-    return datetime.now(timezone.utc)
+Timestamps stay integers until a record is written: taking one is a clock read, not
+a timezone-aware ``datetime``, and formatting it is exact (no float rounding)."""
 
 
-def iso_utc(moment: datetime | None) -> str | None:
-    """ISO 8601 with millisecond precision and a ``Z`` suffix, or None."""
+def now_us() -> Micros:
+    """The current wall-clock time (timestamps; durations use the monotonic clock)."""
+    return time.time_ns() // 1000
+
+
+@functools.lru_cache(maxsize=8)
+def _second_text(seconds: int) -> str:
+    # Records written together share their second: this is computed about once a second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_utc(moment: Micros | None) -> str | None:
+    """ISO 8601 in UTC to the millisecond (truncated) with a ``Z`` suffix, or None."""
     if moment is None:
         return None
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    seconds, micros = divmod(moment, 1_000_000)
+    return f"{_second_text(seconds)}.{micros // 1000:03d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +82,8 @@ class RequestTrace:
     session_hash: str
     url: str = ""
     event_id: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: Micros | None = None
+    finished_at: Micros | None = None
     queue_ms: float | None = None
     ttft_ms: float | None = None
     duration_ms: float | None = None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipeline.errors import OutputError, explain
-from pipeline.models import Failure, Success, iso_utc, utc_now
+from pipeline.models import Failure, Success, iso_utc, now_us
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 
 Key = tuple[str, int]
@@ -101,7 +101,7 @@ def failure_record(f: Failure) -> dict[str, Any]:
         "queue_ms": _ms(trace.queue_ms) if trace else None,
         "ttft_ms": _ms(trace.ttft_ms) if trace else None,
         "duration_ms": _ms(trace.duration_ms) if trace else None,
-        "failed_at": iso_utc(utc_now()),
+        "failed_at": iso_utc(now_us()),
     }
 
 

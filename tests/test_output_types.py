@@ -281,7 +281,7 @@ def test_rows_that_went_through_the_ray_codec_write_the_same_parquet(tmp_path: P
     table = input_table()
     keep = {name: INPUT_SCHEMA.field(name).type for name in KEEP}
     types = {"id": pa.int64(), **dict(zip(kept_keys(KEEP), keep.values(), strict=True))}
-    started = datetime(2024, 6, 1, 8, 0, 0, 123_000, tzinfo=timezone.utc)
+    started = 1_717_228_800_123_000  # 2024-06-01T08:00:00.123Z, in microseconds
     paths = {}
     for engine in ("local", "ray"):
         paths[engine] = tmp_path / f"{engine}.parquet"

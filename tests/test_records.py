@@ -18,13 +18,13 @@ from pipeline.records import (
     success_record,
 )
 
-T0 = dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc)
+T0 = 1_714_564_800_123_456  # 2024-05-01T12:00:00.123456Z, in microseconds
 
 
 def trace() -> RequestTrace:
     return RequestTrace(
         session_hash="abc123", url="https://space.example", event_id="ev1", started_at=T0,
-        finished_at=T0 + dt.timedelta(seconds=2), queue_ms=12.345, ttft_ms=150.06,
+        finished_at=T0 + 2_000_000, queue_ms=12.345, ttft_ms=150.06,
         duration_ms=2000.04, chunks=17,
     )
 

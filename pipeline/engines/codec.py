@@ -22,10 +22,10 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from pipeline.models import Failure, PromptRow, RequestTrace, Result, Success
+from pipeline.models import Failure, Micros, PromptRow, RequestTrace, Result, Success
 from pipeline.records import STANDARD_FIELDS, failure_record, json_default, success_record
 
 Kind = Literal["ok", "error", "down", "stats"]
@@ -102,11 +102,19 @@ def encode_result(result: Result) -> tuple[Kind, str]:
     return "error", dumps(failure_record(result))
 
 
-def _moment(value: Any) -> datetime | None:
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _moment(value: Any) -> Micros | None:
+    """The moment :func:`~pipeline.models.iso_utc` wrote as ``value``."""
     if not isinstance(value, str):
         return None
     # Python 3.10's fromisoformat does not take the "Z" suffix that iso_utc writes.
-    return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _float(value: Any) -> float | None:
