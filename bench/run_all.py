@@ -98,7 +98,7 @@ SIZES = {
                    parquet_memory=((1000, 2000, 0), (10_000, 2000, 0), (1000, 20_000, 0)),
                    alt_n=64, alt_reps=1, profile=False),
     "full": Sizes(name="full", reps=5, overhead_n=2000, sweep=(16, 32, 64, 128, 256, 512), sweep_reps=3,
-                  sweep_min_n=640, sweep_per_c=12, zero_n=10_000, zero_reps=3,
+                  sweep_min_n=640, sweep_per_c=12, zero_n=10_000, zero_reps=7,
                   memory=(2000, 20_000, 200_000), memory_ref_max=20_000,
                   parquet_memory=((2000, 2000, 0), (200_000, 2000, 0), (20_000, 20_000, 0),
                                   (20_000, 20_000, 50)), alt_n=200, alt_reps=3,
