@@ -305,7 +305,7 @@ class EndpointPool:
         probe = self._was_probe(ep, probe)
         if error is not None and cannot_connect(error):
             if not ep.reached:
-                self._not_reached(ep, error)
+                self._not_reached(ep, error, probe)
                 return True
         else:
             ep.reached = True
@@ -318,7 +318,7 @@ class EndpointPool:
                         (1 - _EWMA) * ep.ewma_ms + _EWMA * duration_ms)
             if ep.state == "closed":
                 ep.failures = 0
-            elif probe:
+            elif probe and ep.state != "gone":  # gone is for the rest of the run
                 log.warning("endpoint %s is back", ep.url)
                 ep.state, ep.failures, ep.cooldown, ep.outage_since = "closed", 0, 0.0, None
             # else: sent before the circuit opened (a Space can finish the streams it has
@@ -330,8 +330,11 @@ class EndpointPool:
         ep.last_error = f"{type(error).__name__}: {error}"
         now = self.clock.now()
         if kind == "gone":
-            ep.state = "gone"
-            log.error("endpoint %s is gone: %s", ep.url, error)
+            if ep.state != "gone":
+                ep.state = "gone"
+                log.error("endpoint %s is gone: %s", ep.url, error)
+        elif ep.state == "gone":
+            pass  # for the rest of the run, whatever its other attempts meet
         elif ep.state != "closed" and not probe:
             pass  # sent before the circuit opened: the same outage, not a failed probe
         elif probe or ep.failures >= self.failure_threshold:
@@ -345,7 +348,7 @@ class EndpointPool:
         self._changed.set()
         return False
 
-    def _not_reached(self, ep: Endpoint, error: BaseException) -> None:
+    def _not_reached(self, ep: Endpoint, error: BaseException, probe: bool) -> None:
         """An attempt on an endpoint that never answered failed to connect or was refused."""
         ep.failures += 1
         ep.last_error = str(error)
@@ -353,7 +356,9 @@ class EndpointPool:
         retryable = getattr(error, "retryable", True)
         if not retryable:  # access denied, TLS: the next attempt meets the same refusal
             ep.state = "gone"
-        elif ep.state != "open":  # one failure is enough to bench it: nothing ever worked
+        elif ep.state == "closed" or (probe and ep.state != "gone"):
+            # One failure is enough to bench it: nothing ever worked. An attempt sent
+            # before the circuit opened is the same outage; only a failed probe reopens it.
             now = self.clock.now()
             ep.cooldown = min(self.max_cooldown, max(self.base_cooldown, ep.cooldown * 2))
             ep.state, ep.open_until = "open", now + ep.cooldown

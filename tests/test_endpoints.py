@@ -614,3 +614,135 @@ async def test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reop
     held.pending[3].set_result(None)  # the probe answers
     assert await probe is None
     assert ep.state == "closed" and ep.in_flight == 0
+
+
+# -- verdicts that arrive while a probe is out, and "gone" is final ------------------------------
+
+
+def attempt_task(pool: EndpointPool) -> asyncio.Task[BaseException | None]:
+    """One attempt through the pool, as the runner makes it; its error, or None."""
+
+    async def run() -> BaseException | None:
+        try:
+            async with pool.attempt() as attempt:
+                await attempt.complete("p", None, RequestTrace("h"))
+        except Exception as error:
+            return error
+        return None
+    return asyncio.create_task(run())
+
+
+async def test_a_gone_verdict_from_an_old_attempt_is_not_undone_by_the_probe_failing() -> None:
+    # Two requests were out when the endpoint started failing; the circuit opened, and the
+    # probe went out. The old one then learns the Space is gone for good (runtime error);
+    # the probe fails with a 502. The endpoint must stay gone: the run stops on
+    # "every endpoint is gone" rather than probing a deleted/crashed Space until max_outage.
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, max_outage=600.0, clock=clock)
+    ep = pool.endpoints[0]
+    first, old = attempt_task(pool), attempt_task(pool)
+    await settle()
+    held.pending[0].set_exception(HTTPStatusError("HTTP 502", status=502))
+    await first
+    assert ep.state == "open"
+    await clock.advance(1.0)
+    probe = attempt_task(pool)
+    await settle()
+    assert ep.state == "half_open" and ep.probing and len(held.pending) == 3
+    held.pending[1].set_exception(SpaceUnavailableError("crashed", state="error"))  # old: gone
+    await old
+    assert ep.state == "gone"
+    held.pending[2].set_exception(HTTPStatusError("HTTP 502", status=502))  # the probe fails
+    await probe
+    assert ep.state == "gone", (ep.state, ep.open_until - clock.now())
+    with pytest.raises(EndpointDownError, match="gone"):
+        await asyncio.wait_for(pool.acquire(), 1)
+
+
+async def test_an_old_connect_failure_of_a_never_reached_endpoint_does_not_rebench_it_under_its_probe(
+) -> None:
+    # The same as test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen,
+    # for an endpoint not yet reached: an old attempt's connect failure arriving while the
+    # probe is out must neither reopen the circuit nor double the cooldown.
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, connect_grace=600.0, clock=clock)
+    ep = pool.endpoints[0]
+    first, old = attempt_task(pool), attempt_task(pool)
+    await settle()
+    held.pending[0].set_exception(ConnectError("refused"))
+    await first
+    assert ep.state == "open" and ep.cooldown == 1.0
+    await clock.advance(1.0)
+    probe = attempt_task(pool)
+    await settle()
+    assert ep.state == "half_open" and ep.probing and len(held.pending) == 3
+    held.pending[1].set_exception(ConnectError("refused"))  # old, sent before the circuit opened
+    await old
+    assert ep.state == "half_open" and ep.cooldown == 1.0, (ep.state, ep.cooldown)
+    probe.cancel()
+
+
+async def test_a_slow_probe_of_a_never_reached_endpoint_doubles_the_cooldown_once() -> None:
+    # Consequence of the above: an old failure re-benches (2 s) under the probe; the probe
+    # (a slow connect) fails after that bench ran out, finds the circuit half open and
+    # doubles again: one failed probe, cooldown x4.
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, connect_grace=600.0, clock=clock)
+    ep = pool.endpoints[0]
+    first, old = attempt_task(pool), attempt_task(pool)
+    await settle()
+    held.pending[0].set_exception(ConnectError("refused"))
+    await first
+    await clock.advance(1.0)
+    probe = attempt_task(pool)
+    await settle()
+    held.pending[1].set_exception(ConnectError("refused"))
+    await old
+    await clock.advance(3.0)
+    waiter = asyncio.create_task(pool.acquire())  # someone looks: open -> half_open
+    await settle()
+    held.pending[2].set_exception(ConnectError("connect timeout"))  # the probe fails
+    await probe
+    assert ep.cooldown == 2.0, ep.cooldown
+    waiter.cancel()
+
+
+async def test_a_cancelled_probe_attempt_lets_the_waiting_one_probe() -> None:
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, clock=clock)
+    ep = pool.endpoints[0]
+    t = attempt_task(pool)
+    await settle()
+    held.pending[0].set_exception(HTTPStatusError("HTTP 502", status=502))
+    await t
+    await clock.advance(1.0)
+    probe = attempt_task(pool)
+    await settle()
+    waiting = attempt_task(pool)  # waits: the probe is out
+    await settle()
+    assert len(held.pending) == 2 and ep.probing
+    probe.cancel()
+    await settle()
+    assert len(held.pending) == 3 and ep.probing and ep.in_flight == 1
+    held.pending[2].set_result(None)
+    assert await waiting is None
+    assert ep.state == "closed" and ep.in_flight == 0 and not ep.probing
+
+
+async def test_a_never_reached_endpoint_refused_for_good_stays_gone() -> None:
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, connect_grace=600.0, clock=clock)
+    ep = pool.endpoints[0]
+    x, y = attempt_task(pool), attempt_task(pool)
+    await settle()
+    held.pending[0].set_exception(AccessDeniedError("HTTP 403", status=403, retryable=False))
+    await x
+    assert ep.state == "gone"
+    held.pending[1].set_exception(ConnectError("refused"))  # the other one out, retryable
+    await y
+    assert ep.state == "gone", ep.state
