@@ -284,7 +284,12 @@ def _parse_json_line(line: bytes, position: int, location: str) -> RawRecord | I
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return InputError(f"invalid JSON: {exc.msg} (column {exc.colno})", location=location)
+        # The column in the line as the user sees it: json counts the line's own newline
+        # as whitespace and would report a line cut short as "line 2, column 1".
+        content = len(text.rstrip("\r\n"))
+        where = (f"column {content + 1}, where the line ends" if exc.pos >= content
+                 else f"column {exc.pos + 1}")
+        return InputError(f"invalid JSON: {exc.msg} ({where})", location=location)
     except (ValueError, RecursionError) as exc:  # int too long, nesting too deep
         return InputError(f"invalid JSON: {exc}", location=location)
     if not isinstance(value, dict):

@@ -85,6 +85,17 @@ def test_jsonl_errors_take_a_position_and_do_not_stop_the_stream(tmp_path: Path)
     assert all(str(e).startswith(f"{path}:") for e in errors)
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_a_line_cut_short_names_its_own_column_not_the_next_line(tmp_path: Path, ending: str) -> None:
+    # json.loads sees the line's newline and reports "line 2 column 1": the column must
+    # be counted in the line the user opens, and say that the line ended too soon (the
+    # file's last line may have no newline at all).
+    path = write_lines(tmp_path / "in.jsonl", '{"id": "b"}\n', '{"id": "a", "prompt": "ok"' + ending)
+    errors = [i for i in read_records(path) if isinstance(i, InputError)]
+    assert len(errors) == 1 and errors[0].location == f"{path}:2"
+    assert "column 27" in str(errors[0]) and "the line ends" in str(errors[0]), str(errors[0])
+
+
 def test_jsonl_last_line_without_newline_is_a_record(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "in.jsonl", '{"id": 1}\n{"id": 2}')
     assert [i.values for i in read_records(path) if isinstance(i, RawRecord)] == [
