@@ -212,7 +212,8 @@ async def _drive(options: RunOptions, fmt: str, records: Records, head: list[Raw
                 summary.note_state(state)
                 progress.close()
         read_upto = counters.records
-        await _count_remaining(rows, counters, summary, options, fmt, done_keys, stop)
+        await _count_remaining(rows, counters, summary, options, fmt, done_keys, stop,
+                               input_rows=input_rows)
         errors_sink.close()
         errors_sink = None
         output.close()
@@ -231,21 +232,28 @@ rows a second); past it, the rest is estimated from a row count (see _count_rema
 
 async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSummary,
                            options: RunOptions, fmt: str, done_keys: int,
-                           stop: asyncio.Event) -> None:
-    """Set the rows and jobs left for the next run, when the run ended by itself.
+                           stop: asyncio.Event, *, input_rows: int | None = None) -> None:
+    """Set the rows and jobs left for the next run.
 
-    Left are the planned jobs that did not end (a deadline) and the rows of the unread
-    part of the input that still need work (a ``--limit``, a deadline). That part is
-    read and planned here without a request, for up to DRAIN_BUDGET seconds; a longer
-    input is estimated from its row count instead (``remaining_estimated``), or left
-    uncounted (None) when it has none (stdin, compressed, CSV). A stopped run (Ctrl-C,
-    stalled, endpoint down) leaves them None too.
+    Left are the planned jobs that did not end (a deadline, a stop) and the rows of the
+    unread part of the input that still need work (a ``--limit``, a deadline, a stop).
+    When the run ended by itself, that part is read and planned here without a request,
+    for up to DRAIN_BUDGET seconds; a longer input, or any input of a stopped run (Ctrl-C,
+    stalled, endpoint down: it should not linger), is estimated from its row count
+    instead (``remaining_estimated``; ``input_rows`` when the bar counted it already),
+    or left uncounted (None) when it has none (stdin, compressed, CSV).
     """
-    if summary.interrupted or summary.stalled or summary.endpoint_down:
-        return
+    stopped = bool(summary.interrupted or summary.stalled or summary.endpoint_down)
     samples = options.batch.samples
     rows = jobs = 0
-    if not counters.exhausted:
+    if not counters.exhausted and stopped:
+        if input_rows is None:
+            input_rows = await asyncio.to_thread(_count_rows, options.input, fmt)
+        if input_rows is None:
+            return
+        rows, jobs = counters.unread_estimate(input_rows, samples=samples, done_keys=done_keys)
+        summary.remaining_estimated = True
+    elif not counters.exhausted:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + DRAIN_BUDGET
         rest = plan.rest()
@@ -260,7 +268,8 @@ async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSumma
                 if loop.time() > give_up:
                     break
         if not counters.exhausted:
-            input_rows = _count_rows(options.input, fmt)
+            if input_rows is None:
+                input_rows = _count_rows(options.input, fmt)
             if input_rows is None:
                 return
             more_rows, more_jobs = counters.unread_estimate(input_rows, samples=samples,
