@@ -46,6 +46,12 @@ class Reservoir:
         return ordered[max(0, min(len(ordered) - 1, rank - 1))]
 
 
+_ENDPOINT_STATES = {"closed": "in use", "open": "benched", "half_open": "being probed",
+                    "gone": "gone"}
+"""The circuit breaker's states in words (the JSON keeps the breaker's own: an "open"
+circuit reads as healthy to anyone who has not met the pattern)."""
+
+
 @dataclass
 class RunSummary:
     """What a run did; filled in as results arrive."""
@@ -237,8 +243,9 @@ class RunSummary:
                          f"{c['lowest']}, {c['cuts']} cuts" + ("" if c["adaptive"] else " (fixed)"))
         if len(self.endpoints) > 1:
             for ep in self.endpoints:
+                state = _ENDPOINT_STATES.get(str(ep["state"]), ep["state"])
                 lines.append(f"  endpoint    {ep['url']}: {ep['served']} served, "
-                             f"{ep['failed']} failed, {ep['state']}")
+                             f"{ep['failed']} failed, {state}")
         rate = d["throughput_per_s"]
         unit = "rows/s" if self.samples == 1 else "jobs/s"
         if not self.nothing_to_do:

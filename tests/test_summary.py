@@ -203,6 +203,18 @@ def test_render_flags_remaining_interrupted_and_endpoint_down() -> None:
     assert "  elapsed     0.0 s" in text  # no throughput without elapsed time
 
 
+def test_endpoint_states_are_said_in_words_and_kept_as_they_are_in_the_json() -> None:
+    states = ["closed", "open", "half_open", "gone"]
+    s = RunSummary(endpoints=[{"url": f"http://e{i}", "state": state, "served": i, "failed": 0,
+                               "avg_ms": None} for i, state in enumerate(states)])
+    lines = [line for line in s.render().splitlines() if line.startswith("  endpoint")]
+    assert lines == ["  endpoint    http://e0: 0 served, 0 failed, in use",
+                     "  endpoint    http://e1: 1 served, 0 failed, benched",
+                     "  endpoint    http://e2: 2 served, 0 failed, being probed",
+                     "  endpoint    http://e3: 3 served, 0 failed, gone"]
+    assert [ep["state"] for ep in s.to_dict()["endpoints"]] == states
+
+
 # -- rows and jobs ---------------------------------------------------------------------------
 
 
