@@ -8,6 +8,7 @@ plain ``OSError``/timeouts it can leak) maps to exactly one class of
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterable
 
 import aiohttp
@@ -71,6 +72,22 @@ def status_error(status: int, text: str, *, retry_after: float | None = None,
     return HTTPStatusError(text, status=status, retry_after=retry_after)
 
 
+def _connect(exc: BaseException, redact: Redact) -> RequestError:
+    """No connection: the host and port, and why in words (aiohttp's own text says
+    ``ssl:default`` even for plain HTTP, and asyncio's ``Connect call failed``)."""
+    host, port = getattr(exc, "host", None), getattr(exc, "port", None)
+    cause = getattr(exc, "os_error", None)
+    if not host or cause is None:
+        return ConnectError(f"cannot connect: {_describe(exc, redact)}")
+    if isinstance(cause, ConnectionRefusedError):
+        why = "connection refused"
+    elif isinstance(cause, socket.gaierror):
+        why = f"the name does not resolve ({cause.strerror or cause})"
+    else:
+        why = cause.strerror or str(cause) or type(cause).__name__
+    return ConnectError(redact(f"cannot connect to {host}:{port}: {why}"))
+
+
 _Factory = Callable[[BaseException, Redact], RequestError]
 """Our error for an aiohttp exception, its text scrubbed by the redactor as it is made."""
 
@@ -95,7 +112,7 @@ _TABLE: tuple[tuple[type[BaseException], _Factory], ...] = (
     (aiohttp.ServerTimeoutError, _as(ReadTimeoutError, "server timed out")),
     (aiohttp.ClientProxyConnectionError, _as(ConnectError, "cannot reach the proxy")),
     (aiohttp.ClientSSLError, _as(TLSError, "TLS failure")),
-    (aiohttp.ClientConnectorError, _as(ConnectError, "cannot connect")),
+    (aiohttp.ClientConnectorError, _connect),
     (aiohttp.ClientConnectionError, _as(TransportError, "connection failed")),
     (aiohttp.ClientError, _as(TransportError, "HTTP client error")),
     (asyncio.TimeoutError, _as(ReadTimeoutError, "timed out")),

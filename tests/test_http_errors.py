@@ -108,3 +108,29 @@ def test_every_mapping_is_made_with_its_secrets_already_out(cls: type[BaseExcept
     error = map_transport_error(exc, make_redactor(["pr0xy-pass"]))
     assert "pr0xy-pass" not in str(error) and "pr0xy-pass" not in repr(error.args)
     assert "***" in str(error)
+
+
+# -- connect errors say where and why, in words ---------------------------------------------------
+
+
+async def test_a_refused_connection_names_the_host_and_port_not_aiohttp_internals(
+        unused_tcp_port: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectorError) as info:
+            await session.get(f"http://127.0.0.1:{unused_tcp_port}/config")
+    error = map_transport_error(info.value)
+    assert isinstance(error, errors.ConnectError) and error.retryable
+    assert str(error) == f"cannot connect to 127.0.0.1:{unused_tcp_port}: connection refused"
+
+
+def test_a_name_that_does_not_resolve_says_so() -> None:
+    import socket
+    from types import SimpleNamespace
+
+    key = SimpleNamespace(host="nosuch.invalid", port=443, ssl=True)
+    exc = aiohttp.ClientConnectorDNSError(key, socket.gaierror(-2, "Name or service not known"))
+    error = map_transport_error(exc)
+    assert isinstance(error, errors.ConnectError)
+    assert str(error) == ("cannot connect to nosuch.invalid:443: the name does not resolve "
+                          "(Name or service not known)")
+    assert "ssl" not in str(error)
