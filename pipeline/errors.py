@@ -72,7 +72,7 @@ class InputError(QwenBatchError):
     """
 
     error_type = "input"
-    remedy = "fix this row of the input (or --prompt-field, --template...) and run again"
+    remedy = "fix this row of the input and run again"
 
     def __init__(self, message: str, *, location: str = "", field: str | None = None) -> None:
         self.location = location

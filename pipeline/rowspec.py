@@ -162,7 +162,8 @@ def build_prompt_row(record: RawRecord, spec: RowSpec) -> PromptRow:
             location=location, field=spec.prompt_field)
     else:
         raise InputError(
-            f"missing field {spec.prompt_field!r} (and no {spec.messages_field!r} field)",
+            f"missing field {spec.prompt_field!r} (and no {spec.messages_field!r} field; a prompt "
+            "under another name: --prompt-field, or build it with --template)",
             location=location, field=spec.prompt_field,
         )
     _require_unicode(prompt, location, None if spec.template is not None

@@ -104,6 +104,7 @@ def test_prompt_wrong_type_and_empty() -> None:
 def test_missing_prompt_and_messages() -> None:
     err = error({"id": "x", "text": "hello"})
     assert "missing field 'prompt'" in str(err) and err.field == "prompt"
+    assert "--prompt-field" in str(err) and "--template" in str(err)  # where else it may be
 
 
 def test_null_prompt_counts_as_absent() -> None:
