@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from .client import GradioQueueClient, Timeouts, new_session_hash
-from .errors import QueueFullError, RequestError
+from .errors import CHECK_HINT, ConnectError, QueueFullError, RequestError
 from .models import Completion, RequestTrace
 
 PROBE_PROMPT = "Reply with the single word: OK"
@@ -39,6 +39,8 @@ class CheckReport:
     error: str | None = None
     remedy: str | None = None
     """What to do about ``error``: its class's remedy, as the errors file gives it."""
+    connected: bool = True
+    """False when no connection was made: then nothing is said of /config."""
     lines: list[str] = field(default_factory=list)
 
     def render(self) -> str:
@@ -49,7 +51,7 @@ class CheckReport:
                     f"  protocol    {self.protocol}",
                     f"  api prefix  {self.api_prefix or '(root)'}",
                     f"  model_chat  found, fn_index {self.fn_index}, {self.history_format} history"]
-        else:
+        elif self.connected:
             out.append("  /config     not readable; assuming the real Space's layout")
         if self.queue_full:
             times = _TIMES.get(self.queue_full, f"{self.queue_full} times")
@@ -83,7 +85,8 @@ async def check_endpoint(url: str, *, timeouts: Timeouts, proxy: str | None = No
             report.ok = True
         except RequestError as exc:
             report.error = f"{exc.error_type}: {exc}"
-            report.remedy = exc.remedy
+            report.remedy = exc.remedy.replace(CHECK_HINT, "")  # not "run check" from check
+            report.connected = not isinstance(exc, ConnectError)
     return report
 
 

@@ -60,6 +60,10 @@ class ConfigError(QwenBatchError):
     """An option or configuration file is invalid."""
 
 
+CHECK_HINT = " (qwen-batch check --url URL)"
+"""Part of several remedies; ``qwen-batch check`` itself leaves it out of its own."""
+
+
 class InputFileError(QwenBatchError):
     """The input file as a whole cannot be opened or read."""
 
@@ -127,7 +131,7 @@ class HTTPStatusError(RequestError):
 
     error_type = "http_status"
     remedy = (
-        "check that --url is the Space (qwen-batch check --url URL); for 429 or 5xx, "
+        f"check that --url is the Space{CHECK_HINT}; for 429 or 5xx, "
         "run again later or lower --concurrency"
     )
 
@@ -202,7 +206,7 @@ class ConnectError(TransportError):
     """
 
     error_type = "connect"
-    remedy = "check --url, --proxy and the network (qwen-batch check --url URL), then run again"
+    remedy = f"check --url, --proxy and the network{CHECK_HINT}, then run again"
 
 
 class TLSError(ConnectError):
@@ -329,7 +333,7 @@ class ProtocolError(RequestError):
 
     error_type = "protocol"
     remedy = (
-        "the Space sent what qwen-batch cannot read: check --url (qwen-batch check --url URL), "
+        f"the Space sent what qwen-batch cannot read: check --url{CHECK_HINT}, "
         "then run again to retry the row"
     )
 
@@ -363,7 +367,7 @@ class DiscoveryError(RequestError):
     retryable = False
     error_type = "discovery"
     remedy = (
-        "--url is not the Qwen2 chat Space (no model_chat endpoint): fix it (qwen-batch check --url URL)"
+        f"--url is not the Qwen2 chat Space (no model_chat endpoint): fix it{CHECK_HINT}"
     )
 
 

@@ -21,6 +21,16 @@ async def test_check_retries_a_transient_queue_full_then_succeeds() -> None:
     assert "queue       full twice, probe sent again" in report.render()
 
 
+async def test_a_dead_url_says_why_without_noise_or_advice_to_run_check(unused_tcp_port: int) -> None:
+    report = await asyncio.wait_for(
+        check_endpoint(f"http://127.0.0.1:{unused_tcp_port}", timeouts=TIMEOUTS), 20)
+    text = report.render()
+    assert not report.ok and "connection refused" in text, text
+    assert "/config" not in text  # nothing answered: no layout was guessed for anything
+    assert "  fix         check --url, --proxy and the network, then run again" in text.splitlines()
+    assert "qwen-batch check" not in text  # the command being run
+
+
 async def test_check_gives_up_on_a_queue_that_stays_full() -> None:
     async with run_silent_space(SilentSpace(queue_full=1000)) as space:
         report = await asyncio.wait_for(check_endpoint(space.url, timeouts=TIMEOUTS), 30)

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.errors import remedy
+from pipeline.errors import CHECK_HINT, remedy
 from pipeline.fake_space import FAULT_NAMES, fake_answer
 from pipeline.prompts import DEFAULT_SYSTEM_PROMPT
 from pipeline.rowspec import content_id
@@ -455,9 +455,12 @@ def test_check_fails_with_exit_4(threaded_space, setup: str) -> None:
     result = invoke("check", "--url", url, "--timeout", "5")
     assert result.exit_code == 4, result.output
     assert result.stdout.startswith("FAIL") and "error" in result.stdout
-    # ... and what to do about it: the remedy of the error's type, as in the errors file.
+    # ... and what to do about it: the remedy of the error's type, as in the errors file,
+    # less the advice to run check.
     error_type = result.stdout.split("  error       ", 1)[1].split(":", 1)[0]
-    assert f"  fix         {remedy(error_type)}\n" in result.stdout + "\n"
+    fix = remedy(error_type).replace(CHECK_HINT, "")
+    assert f"  fix         {fix}\n" in result.stdout + "\n"
+    assert "qwen-batch check" not in result.stdout
 
 
 def test_response_and_record_size_caps(tmp_path: Path, threaded_space) -> None:
