@@ -212,8 +212,8 @@ def main(verbose: int) -> None:
     "Output",
     opt("-o", "--output", help="Completions file (.jsonl or .parquet) or - for stdout.  "
         "[default: <input name>.completions.jsonl beside the input; needed with - as INPUT]"),
-    opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl, or "
-        "<input name>.errors.jsonl when the output is stdout]"),
+    opt("--errors", "errors_path", help="Errors file.  [default: <output stem>.errors.jsonl; "
+        "<input name>.errors.jsonl when the output is stdout; stdin to stdout needs it]"),
     opt("--output-format", type=click.Choice(["jsonl", "parquet"]), help="Override the suffix."),
     opt("--keep", multiple=True, help="Input column to copy into each output record (repeatable)."),
     opt("--rows-per-file", type=click.IntRange(min=1),
@@ -543,7 +543,10 @@ def _run_demo(source: str, output: str, *, fresh: bool, gradio: int, latency: fl
     async def go() -> RunOutcome:
         config = FakeSpaceConfig(gradio_major=gradio, latency=latency, chunks=10)
         async with run_fake_space(config) as space:
-            click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}", err=True)
+            click.echo(f"fake Space (Gradio {gradio} shape) on {space.url}: its answers echo "
+                       "the prompt and end in a fixed line of non-ASCII text (an encoding "
+                       "check); some sample prompts ask it for faults, so retries show",
+                       err=True)
             options = RunOptions(
                 input=source, output=output, errors=default_errors_path(output),
                 client=ClientSettings(urls=(space.url,)),
