@@ -160,16 +160,20 @@ async def test_an_input_without_a_row_count_leaves_a_long_rest_uncounted(
     assert outcome.summary.remaining is None and "remaining" not in outcome.summary.render()
 
 
+def against_nothing(tmp_path: Path, source: Path) -> RunOptions:
+    """A run of ``source`` against a port nothing listens on: it stops with exit 4."""
+    return run_options(input=str(source), output=str(tmp_path / "out.jsonl"),
+                       errors=str(tmp_path / "out.errors.jsonl"), urls=("http://127.0.0.1:1",),
+                       progress=False, connect_grace=0.2, probe_cooldown=0.05,
+                       timeouts=Timeouts(connect=1, read=1, total=5))
+
+
 async def test_a_stopped_run_estimates_what_is_left_from_the_row_count(tmp_path: Path) -> None:
     # Stopped (here: the endpoint never answered, exit 4) after reading a window of rows:
     # "to do" is only the rows read ahead, so "remaining" must say the rest of the input
     # is left too, from the row count (not by planning the rest: the run is stopping).
     source = write_input(tmp_path / "in.jsonl", [f"q {i}" for i in range(3000)])
-    dead = run_options(input=str(source), output=str(tmp_path / "out.jsonl"),
-                       errors=str(tmp_path / "out.errors.jsonl"), urls=("http://127.0.0.1:1",),
-                       progress=False, connect_grace=0.2, probe_cooldown=0.05,
-                       timeouts=Timeouts(connect=1, read=1, total=5))
-    outcome = await run(dead)
+    outcome = await run(against_nothing(tmp_path, source))
     s = outcome.summary
     assert outcome.exit_code == 4 and s.endpoint_down and s.succeeded == 0
     assert 0 < s.rows_to_do < 3000
@@ -182,11 +186,7 @@ async def test_a_stopped_run_that_read_its_whole_input_counts_what_is_left_exact
     tmp_path: Path,
 ) -> None:
     source = write_input(tmp_path / "in.jsonl", ["a", "b", "c"])
-    dead = run_options(input=str(source), output=str(tmp_path / "out.jsonl"),
-                       errors=str(tmp_path / "out.errors.jsonl"), urls=("http://127.0.0.1:1",),
-                       progress=False, connect_grace=0.2, probe_cooldown=0.05,
-                       timeouts=Timeouts(connect=1, read=1, total=5))
-    outcome = await run(dead)
+    outcome = await run(against_nothing(tmp_path, source))
     s = outcome.summary
     assert outcome.exit_code == 4 and s.rows_to_do == 3
     assert (s.rows_remaining, s.remaining, s.remaining_estimated) == (3, 3, False)

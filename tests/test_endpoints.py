@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from fake_clock import FakeClock, settle
 
-from pipeline.endpoints import EndpointPool, endpoint_failure
+from pipeline.endpoints import Endpoint, EndpointPool, endpoint_failure
 from pipeline.errors import (
     AccessDeniedError,
     AppError,
@@ -582,27 +583,31 @@ class Held:
         return Completion("answer", trace)
 
 
-async def test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen() -> None:
-    # Through attempts, the way the runner uses the pool: each knows whether it probes.
-    clock = FakeClock()
-    held = Held("http://a")
-    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, clock=clock)
-    ep = pool.endpoints[0]
+def attempt_task(pool: EndpointPool) -> asyncio.Task[BaseException | None]:
+    """One attempt through the pool, as the runner makes it; its error, or None."""
 
-    async def one() -> BaseException | None:
+    async def run() -> BaseException | None:
         try:
             async with pool.attempt() as attempt:
                 await attempt.complete("p", None, RequestTrace("h"))
         except Exception as error:
             return error
         return None
+    return asyncio.create_task(run())
 
-    old = [asyncio.create_task(one()) for _ in range(3)]
+
+async def test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen() -> None:
+    # Through attempts, the way the runner uses the pool: each knows whether it probes.
+    clock = FakeClock()
+    held = Held("http://a")
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, clock=clock)
+    ep = pool.endpoints[0]
+    old = [attempt_task(pool) for _ in range(3)]
     await settle()
     await fail(pool, 1)
     assert ep.state == "open"
     await clock.advance(1.0)
-    probe = asyncio.create_task(one())
+    probe = attempt_task(pool)
     await settle()
     assert ep.state == "half_open" and ep.probing and len(held.pending) == 4
     held.pending[0].set_result(None)  # an old answer
@@ -619,94 +624,78 @@ async def test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reop
 # -- verdicts that arrive while a probe is out, and "gone" is final ------------------------------
 
 
-def attempt_task(pool: EndpointPool) -> asyncio.Task[BaseException | None]:
-    """One attempt through the pool, as the runner makes it; its error, or None."""
+@dataclass
+class ProbeOut:
+    """One endpoint whose probe is out, with an attempt sent before its circuit opened."""
 
-    async def run() -> BaseException | None:
-        try:
-            async with pool.attempt() as attempt:
-                await attempt.complete("p", None, RequestTrace("h"))
-        except Exception as error:
-            return error
-        return None
-    return asyncio.create_task(run())
+    clock: FakeClock
+    held: Held
+    pool: EndpointPool
+    ep: Endpoint
+    old: asyncio.Task[BaseException | None]
+    """Sent before the circuit opened, still out: its answer is ``held.pending[1]``."""
+    probe: asyncio.Task[BaseException | None]
+    """Its answer is ``held.pending[2]``."""
 
 
-async def test_a_gone_verdict_from_an_old_attempt_is_not_undone_by_the_probe_failing() -> None:
-    # Two requests were out when the endpoint started failing; the circuit opened, and the
-    # probe went out. The old one then learns the Space is gone for good (runtime error);
-    # the probe fails with a 502. The endpoint must stay gone: the run stops on
-    # "every endpoint is gone" rather than probing a deleted/crashed Space until max_outage.
+async def probe_out(first_error: Exception, **pool_kw: Any) -> ProbeOut:
+    """Two attempts out on one endpoint (threshold 1, cooldown 1 s); the first fails with
+    ``first_error`` and the circuit opens; the cooldown passes and the probe goes out."""
     clock = FakeClock()
     held = Held("http://a")
-    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, max_outage=600.0, clock=clock)
+    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, clock=clock, **pool_kw)
     ep = pool.endpoints[0]
     first, old = attempt_task(pool), attempt_task(pool)
     await settle()
-    held.pending[0].set_exception(HTTPStatusError("HTTP 502", status=502))
-    await first
-    assert ep.state == "open"
-    await clock.advance(1.0)
-    probe = attempt_task(pool)
-    await settle()
-    assert ep.state == "half_open" and ep.probing and len(held.pending) == 3
-    held.pending[1].set_exception(SpaceUnavailableError("crashed", state="error"))  # old: gone
-    await old
-    assert ep.state == "gone"
-    held.pending[2].set_exception(HTTPStatusError("HTTP 502", status=502))  # the probe fails
-    await probe
-    assert ep.state == "gone", (ep.state, ep.open_until - clock.now())
-    with pytest.raises(EndpointDownError, match="gone"):
-        await asyncio.wait_for(pool.acquire(), 1)
-
-
-async def test_an_old_connect_failure_of_a_never_reached_endpoint_does_not_rebench_it_under_its_probe(
-) -> None:
-    # The same as test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen,
-    # for an endpoint not yet reached: an old attempt's connect failure arriving while the
-    # probe is out must neither reopen the circuit nor double the cooldown.
-    clock = FakeClock()
-    held = Held("http://a")
-    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, connect_grace=600.0, clock=clock)
-    ep = pool.endpoints[0]
-    first, old = attempt_task(pool), attempt_task(pool)
-    await settle()
-    held.pending[0].set_exception(ConnectError("refused"))
+    held.pending[0].set_exception(first_error)
     await first
     assert ep.state == "open" and ep.cooldown == 1.0
     await clock.advance(1.0)
     probe = attempt_task(pool)
     await settle()
     assert ep.state == "half_open" and ep.probing and len(held.pending) == 3
-    held.pending[1].set_exception(ConnectError("refused"))  # old, sent before the circuit opened
-    await old
-    assert ep.state == "half_open" and ep.cooldown == 1.0, (ep.state, ep.cooldown)
-    probe.cancel()
+    return ProbeOut(clock, held, pool, ep, old, probe)
+
+
+async def test_a_gone_verdict_from_an_old_attempt_is_not_undone_by_the_probe_failing() -> None:
+    # The old attempt learns the Space is gone for good (a runtime error) while the probe
+    # is out; the probe then fails with a 502. The endpoint must stay gone: the run stops
+    # on "every endpoint is gone" rather than probing a crashed Space until max_outage.
+    s = await probe_out(HTTPStatusError("HTTP 502", status=502), max_outage=600.0)
+    s.held.pending[1].set_exception(SpaceUnavailableError("crashed", state="error"))
+    await s.old
+    assert s.ep.state == "gone"
+    s.held.pending[2].set_exception(HTTPStatusError("HTTP 502", status=502))  # the probe fails
+    await s.probe
+    assert s.ep.state == "gone"
+    with pytest.raises(EndpointDownError, match="gone"):
+        await asyncio.wait_for(s.pool.acquire(), 1)
+
+
+async def test_an_old_connect_failure_of_a_never_reached_endpoint_does_not_rebench_it_under_its_probe(
+) -> None:
+    # As test_old_attempts_ending_while_the_probe_is_out_neither_close_nor_reopen, for an
+    # endpoint not reached yet: an old attempt's connect failure arriving while the probe
+    # is out neither reopens the circuit nor doubles the cooldown.
+    s = await probe_out(ConnectError("refused"), connect_grace=600.0)
+    s.held.pending[1].set_exception(ConnectError("refused"))
+    await s.old
+    assert (s.ep.state, s.ep.cooldown) == ("half_open", 1.0)
+    s.probe.cancel()
 
 
 async def test_a_slow_probe_of_a_never_reached_endpoint_doubles_the_cooldown_once() -> None:
-    # Consequence of the above: an old failure re-benches (2 s) under the probe; the probe
-    # (a slow connect) fails after that bench ran out, finds the circuit half open and
-    # doubles again: one failed probe, cooldown x4.
-    clock = FakeClock()
-    held = Held("http://a")
-    pool = EndpointPool([held], failure_threshold=1, cooldown=1.0, connect_grace=600.0, clock=clock)
-    ep = pool.endpoints[0]
-    first, old = attempt_task(pool), attempt_task(pool)
+    # Were the old failure to re-bench it (2 s) under the probe, the probe failing after
+    # that ran out would double again: one failed probe, the cooldown four times over.
+    s = await probe_out(ConnectError("refused"), connect_grace=600.0)
+    s.held.pending[1].set_exception(ConnectError("refused"))
+    await s.old
+    await s.clock.advance(3.0)
+    waiter = asyncio.create_task(s.pool.acquire())  # someone looks: open -> half_open
     await settle()
-    held.pending[0].set_exception(ConnectError("refused"))
-    await first
-    await clock.advance(1.0)
-    probe = attempt_task(pool)
-    await settle()
-    held.pending[1].set_exception(ConnectError("refused"))
-    await old
-    await clock.advance(3.0)
-    waiter = asyncio.create_task(pool.acquire())  # someone looks: open -> half_open
-    await settle()
-    held.pending[2].set_exception(ConnectError("connect timeout"))  # the probe fails
-    await probe
-    assert ep.cooldown == 2.0, ep.cooldown
+    s.held.pending[2].set_exception(ConnectError("connect timeout"))  # the probe fails
+    await s.probe
+    assert s.ep.cooldown == 2.0
     waiter.cancel()
 
 
