@@ -305,9 +305,9 @@ def test_traffic_shifts_off_a_failing_endpoint_and_back_when_it_recovers(
                 return
             served_b_before = sb.completed
             time.sleep(1.0)  # b is out for a while; the first probe comes ~2 s after it opened
+            timeline["up_wall"] = time.time()  # before: nothing of b's can succeed earlier
             control(b.url, down=False)
             timeline["up"] = time.monotonic()
-            timeline["up_wall"] = time.time()
 
         t0 = time.monotonic()
         with Watcher(script):
