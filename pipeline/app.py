@@ -12,9 +12,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from .columns import Records, close_records, open_checked_input, output_types
 from .endpoints import MAX_COOLDOWN
@@ -37,6 +40,8 @@ from .settings import MAX_RECORD_BYTES, BatchSettings, ClientSettings, EngineSet
 from .summary import RunSummary
 from .watchdog import Watchdog
 from .writers import check_output, open_output
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -248,10 +253,13 @@ async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSumma
     rows = jobs = 0
     if not counters.exhausted and stopped:
         if input_rows is None:
-            input_rows = await asyncio.to_thread(_count_rows, options.input, fmt)
+            input_rows = await _in_daemon_thread(partial(_count_rows, options.input, fmt),
+                                                 "qwen-batch-count-rows")
         if input_rows is None:
             return
         rows, jobs = counters.unread_estimate(input_rows, samples=samples, done_keys=done_keys)
+        held_rows, held_jobs = plan.held_back()
+        rows, jobs = rows + held_rows, jobs + held_jobs
         summary.remaining_estimated = True
     elif not counters.exhausted:
         loop = asyncio.get_running_loop()
@@ -278,6 +286,32 @@ async def _count_remaining(plan: Plan, counters: PlanCounters, summary: RunSumma
             summary.remaining_estimated = True
     summary.rows_remaining = summary.rows_to_do - summary.rows_done - summary.rows_failed + rows
     summary.remaining = summary.jobs_to_do - summary.succeeded - summary.failed + jobs
+
+
+def _in_daemon_thread(fn: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """``fn()`` in a daemon thread, as a future: a second Ctrl-C cancels the wait and
+    leaves the thread behind (``asyncio.to_thread``'s would hold the loop's end)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            value, error = fn(), None
+        except Exception as exc:
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return future
 
 
 def _install_signals(stop: asyncio.Event, summary: RunSummary) -> Iterator[None]:

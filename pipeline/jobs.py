@@ -150,6 +150,13 @@ class Plan(Iterator[PromptRow | Failure]):
             self._counters.jobs += len(item.samples) if item.samples else self._samples
         return item
 
+    def held_back(self) -> tuple[int, int]:
+        """The rows and jobs of the row read past the limit and held for the next run
+        (read, so not in the unread part of the input; not queued either)."""
+        if self._held is None:
+            return 0, 0
+        return 1, len(self._held.samples) if self._held.samples else self._samples
+
     def rest(self) -> Iterator[PromptRow | Failure]:
         """What is left after the limit (or a stop), planned the same way but not counted.
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -160,12 +162,12 @@ async def test_an_input_without_a_row_count_leaves_a_long_rest_uncounted(
     assert outcome.summary.remaining is None and "remaining" not in outcome.summary.render()
 
 
-def against_nothing(tmp_path: Path, source: Path) -> RunOptions:
+def against_nothing(tmp_path: Path, source: Path, **kw: Any) -> RunOptions:
     """A run of ``source`` against a port nothing listens on: it stops with exit 4."""
     return run_options(input=str(source), output=str(tmp_path / "out.jsonl"),
                        errors=str(tmp_path / "out.errors.jsonl"), urls=("http://127.0.0.1:1",),
                        progress=False, connect_grace=0.2, probe_cooldown=0.05,
-                       timeouts=Timeouts(connect=1, read=1, total=5))
+                       timeouts=Timeouts(connect=1, read=1, total=5), **kw)
 
 
 async def test_a_stopped_run_estimates_what_is_left_from_the_row_count(tmp_path: Path) -> None:
@@ -190,3 +192,55 @@ async def test_a_stopped_run_that_read_its_whole_input_counts_what_is_left_exact
     s = outcome.summary
     assert outcome.exit_code == 4 and s.rows_to_do == 3
     assert (s.rows_remaining, s.remaining, s.remaining_estimated) == (3, 3, False)
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+async def test_a_stopped_run_past_a_limit_counts_the_row_the_limit_held_back(
+    tmp_path: Path, samples: int,
+) -> None:
+    # The plan reads the first row past --limit and holds it for the next run: it is
+    # read (not in the unread part) yet not queued, and still left.
+    source = write_input(tmp_path / "in.jsonl", [f"q {i}" for i in range(10)])
+    outcome = await run(against_nothing(tmp_path, source, limit=5, samples=samples))
+    s = outcome.summary
+    assert outcome.exit_code == 4 and s.succeeded == 0
+    assert (s.rows_remaining, s.remaining) == (10, 10 * samples)
+
+
+def test_a_second_ctrl_c_during_the_row_count_quits_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Counting a multi-GiB input for the summary must not hold the process: the second
+    # Ctrl-C cancels the run, and the loop's end must not wait for the counting thread.
+    source = write_input(tmp_path / "in.jsonl", [f"q {i}" for i in range(3000)])
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+    held: dict[str, Any] = {}
+
+    def slow_count(path: str, fmt: str) -> int:  # a cold disk
+        entered.set()
+        release.wait(120)
+        return 3000
+
+    monkeypatch.setattr(app, "_count_rows", slow_count)
+
+    async def main() -> None:
+        held["loop"] = asyncio.get_running_loop()
+        held["task"] = task = asyncio.create_task(run(against_nothing(tmp_path, source)))
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass  # the second Ctrl-C: expected
+        finally:
+            returned.set()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert entered.wait(60), "the run never counted its rows"
+        held["loop"].call_soon_threadsafe(held["task"].cancel)  # what the second Ctrl-C does
+        assert returned.wait(30), "run() did not end after the cancel"
+        thread.join(10)
+        assert not thread.is_alive(), "asyncio.run still waits for the counting thread"
+    finally:
+        release.set()
+        thread.join(30)
