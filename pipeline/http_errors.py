@@ -8,6 +8,7 @@ plain ``OSError``/timeouts it can leak) maps to exactly one class of
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Callable, Iterable
 
@@ -79,13 +80,27 @@ def _connect(exc: BaseException, redact: Redact) -> RequestError:
     cause = getattr(exc, "os_error", None)
     if not host or cause is None:
         return ConnectError(f"cannot connect: {_describe(exc, redact)}")
-    if isinstance(cause, ConnectionRefusedError):
+    if isinstance(cause, ConnectionRefusedError) or _all_refused(str(cause)):
         why = "connection refused"
     elif isinstance(cause, socket.gaierror):
         why = f"the name does not resolve ({cause.strerror or cause})"
     else:
         why = cause.strerror or str(cause) or type(cause).__name__
-    return ConnectError(redact(f"cannot connect to {host}:{port}: {why}"))
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return ConnectError(redact(f"cannot connect to {where}: {why}"))
+
+
+_REFUSED = f"[Errno {errno.ECONNREFUSED}]"
+
+
+def _all_refused(text: str) -> bool:
+    """Whether asyncio's error for a host of several addresses (``localhost``: ::1 and
+    127.0.0.1) says that each one refused: "Multiple exceptions: [Errno 111] ..., ..."."""
+    if not text.startswith("Multiple exceptions: "):
+        return False
+    parts = text.removeprefix("Multiple exceptions: ").split(", [Errno ")
+    return all(("[Errno " + part if i else part).startswith(_REFUSED)
+               for i, part in enumerate(parts))
 
 
 _Factory = Callable[[BaseException, Redact], RequestError]

@@ -134,3 +134,25 @@ def test_a_name_that_does_not_resolve_says_so() -> None:
     assert str(error) == ("cannot connect to nosuch.invalid:443: the name does not resolve "
                           "(Name or service not known)")
     assert "ssl" not in str(error)
+
+
+def test_every_address_refusing_is_still_connection_refused() -> None:
+    # "localhost" resolves to ::1 and 127.0.0.1; when both refuse, asyncio raises one
+    # OSError without an errno that lists them.
+    import errno
+    from types import SimpleNamespace
+
+    refused = f"[Errno {errno.ECONNREFUSED}] Connect call failed"
+    cause = OSError(f"Multiple exceptions: {refused} ('::1', 8080, 0, 0), "
+                    f"{refused} ('127.0.0.1', 8080)")
+    key = SimpleNamespace(host="localhost", port=8080, ssl=False)
+    error = map_transport_error(aiohttp.ClientConnectorError(key, cause))
+    assert str(error) == "cannot connect to localhost:8080: connection refused"
+    mixed = OSError(f"Multiple exceptions: {refused} ('::1', 8080, 0, 0), "
+                    f"[Errno {errno.ENETUNREACH}] Connect call failed ('10.0.0.1', 8080)")
+    error = map_transport_error(aiohttp.ClientConnectorError(key, mixed))
+    assert "connection refused" not in str(error) and "Multiple exceptions" in str(error)
+    v6 = SimpleNamespace(host="::1", port=8080, ssl=False)
+    error = map_transport_error(aiohttp.ClientConnectorError(v6, ConnectionRefusedError(
+        errno.ECONNREFUSED, "Connect call failed")))
+    assert str(error) == "cannot connect to [::1]:8080: connection refused"
