@@ -165,6 +165,27 @@ def test_too_many_actors_are_fitted_to_the_free_cpus(tmp_path: Path, cluster: Ra
     assert not Path(str(run.out) + ".spool").exists()
 
 
+WORKER_SWITCH = """
+import os, sys, ray
+from pipeline.engines.ray_engine import RayExecutor
+executor = RayExecutor(address=sys.argv[1], actors=1, per_actor=1, connect_timeout=60)
+executor.start()
+read = ray.remote(num_cpus=0)(lambda: os.environ.get("RAY_DISABLE_FAILURE_SIGNAL_HANDLER"))
+print("worker:", ray.get(read.remote(), timeout=60))
+ray.shutdown()
+"""
+
+
+def test_the_jobs_workers_on_a_cluster_have_the_crash_handler_off(cluster: RayCluster) -> None:
+    """A cluster's workers do not inherit the driver's environment: when the run ended,
+    Ray's SIGTERM made their crash handler print a trace into the driver's stderr."""
+    done = subprocess.run([sys.executable, "-c", WORKER_SWITCH, cluster.address],
+                          env=driver_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "worker: 1" in done.stdout.splitlines(), done.stdout + done.stderr
+
+
 def test_a_run_finding_no_free_cpu_stops_with_exit_2_at_once(
         tmp_path: Path, cluster: RayCluster, space: FakeSpaceProcess) -> None:
     """Two runs at once: the first holds the 2 CPUs (4 actors, 1 CPU, and its read

@@ -153,3 +153,25 @@ def test_a_signal_while_joining_ends_the_run_at_once_with_130(
     assert json.loads(driver.summary.read_text())["interrupted"] is True
     assert took < 5, took
     print(f"\n{sig.name} while joining: exit {code} {took:.2f} s after the signal")
+
+
+# -- the job's workers on a cluster: no crash handler either -------------------------------------
+
+
+def test_the_workers_runtime_env_turns_the_crash_handler_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.engines.ray_connect import (
+        FAILURE_HANDLER_SWITCH,
+        JOB_CONFIG_VARIABLE,
+        workers_runtime_env,
+    )
+
+    monkeypatch.delenv(FAILURE_HANDLER_SWITCH, raising=False)
+    monkeypatch.delenv(JOB_CONFIG_VARIABLE, raising=False)
+    assert workers_runtime_env() == {"env_vars": {FAILURE_HANDLER_SWITCH: "1"}}
+    monkeypatch.setenv(FAILURE_HANDLER_SWITCH, "0")  # the operator's own setting wins
+    assert workers_runtime_env() == {"env_vars": {FAILURE_HANDLER_SWITCH: "0"}}
+    # A job config that sets it already: Ray would refuse the same key twice.
+    monkeypatch.setenv(JOB_CONFIG_VARIABLE, json.dumps(
+        {"runtime_env": {"env_vars": {FAILURE_HANDLER_SWITCH: "1"}}}))
+    assert workers_runtime_env() is None

@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError, EngineUnavailableError
 
@@ -165,6 +165,25 @@ def driver_signals_to_python() -> None:
     operator's own setting wins; processes started by a private Ray inherit it.
     """
     os.environ.setdefault(FAILURE_HANDLER_SWITCH, "1")
+
+
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Where a submitted job (or an operator) hands ray.init the job's runtime environment."""
+
+
+def workers_runtime_env() -> dict[str, Any] | None:
+    """The runtime environment that keeps the crash handler off the job's workers on a
+    cluster (None: leave it to the operator, whose job config already sets the switch).
+
+    A cluster's workers do not inherit the driver's environment. When the run ends,
+    Ray stops them with SIGTERM, and their handler printed ``*** SIGTERM received ...``
+    and a stack trace, which Ray forwards to the driver's stderr (seen now and then in
+    the cluster tests' stop repeats). Ray merges these variables with the job config's,
+    key by key, and refuses a key given twice: hence the check.
+    """
+    if FAILURE_HANDLER_SWITCH in os.environ.get(JOB_CONFIG_VARIABLE, ""):
+        return None
+    return {"env_vars": {FAILURE_HANDLER_SWITCH: os.environ.get(FAILURE_HANDLER_SWITCH, "1")}}
 
 
 def fit_actors(requested: int, free_cpus: float, actor_cpus: float, address: str) -> int:

@@ -54,6 +54,7 @@ from .ray_connect import (
     gcs_connect_budget,
     probe,
     resolve_address,
+    workers_runtime_env,
 )
 from .stream import StreamingCallable, host_identity, unpack
 
@@ -130,6 +131,9 @@ class RayExecutor:
         assert self.address is not None
         address, source = resolve_address(self.address)
         probe(address, source, self.connect_timeout)
+        runtime_env = workers_runtime_env()
+        if runtime_env is not None:
+            kwargs["runtime_env"] = runtime_env
 
         try:
             with gcs_connect_budget(self.connect_timeout):
