@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="prompts per run, zero leg (0: no zero leg)")
     p.add_argument("--zero-threshold", type=float, default=0.5,
                    help="minimum reference/ours wall ratio, zero leg")
-    p.add_argument("--zero-cpu-max", type=float, default=1.8,
+    # On the CI machine, after the test suite, this leg's median sat at 1.68-1.77 against
+    # 1.39-1.46 on a quiet one: 2.0 still catches a regression of a fifth.
+    p.add_argument("--zero-cpu-max", type=float, default=2.0,
                    help="maximum ours/reference CPU ratio, zero leg")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--workdir", type=Path, default=RESULTS_DIR / "tmp" / "regression",
